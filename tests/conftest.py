@@ -1,0 +1,20 @@
+"""Shared data fixtures: small synthetic CIFAR folders in the real on-disk layout."""
+
+from pathlib import Path
+
+import pytest
+
+from drolt.data import write_synthetic_cifar
+
+
+@pytest.fixture(scope="session")
+def synthetic_cifar_root(tmp_path_factory) -> Path:
+    """A read-only folder holding cifar-10-batches-py/ and cifar-100-python/, 100 train images per class.
+
+    100 per class is the least that leaves every class at least one image at rho = 100. Tests that damage
+    files must write their own copy.
+    """
+    root = tmp_path_factory.mktemp("cifar")
+    write_synthetic_cifar(root, "cifar10", train_per_class=100, test_per_class=10, seed=0)
+    write_synthetic_cifar(root, "cifar100", train_per_class=100, test_per_class=2, seed=0)
+    return root
