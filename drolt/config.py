@@ -1,0 +1,147 @@
+"""Settings of one unit: the data, stage 1 and stage 2, with the reference's values as defaults.
+
+Every hyper-parameter lives here once. `from_dict` rejects unknown keys and wrong types with a message that
+names the key, so a typo in a YAML file or a flag stops the run before any work.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+DATASETS = ("cifar10", "cifar100")
+PROFILES = ("exp", "step")
+MODES = ("faithful", "clean")
+STAGE1_METHODS = ("ce", "ldam_drw")
+CLASS_WEIGHTS = ("none", "lt", "bal")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"
+    rho: float = 100.0            # imbalance ratio n_max / n_min (the paper's 100, 50, 10)
+    profile: str = "exp"
+    subset_seed: int = 0          # which images form the long-tailed subset (reference: 0)
+    root: str = "data"            # folder holding cifar-10-batches-py/ or cifar-100-python/
+    download: bool = False
+    synthetic: int = 0            # >0: generate a stand-in dataset with this many train images per class
+                                  # in the real file layout under root (smoke runs, tests); 0: real CIFAR
+
+    def validate(self) -> None:
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("profile", self.profile, PROFILES)
+        if not self.rho >= 1:
+            raise ValueError(f"rho must be >= 1 (the imbalance ratio n_max/n_min, e.g. 100), got {self.rho}")
+        if self.synthetic < 0:
+            raise ValueError(f"synthetic must be >= 0 (train images per class; 0 = real data), got {self.synthetic}")
+
+
+@dataclass
+class Stage1Config:
+    method: str = "ce"            # "ce" (plain cross-entropy) or "ldam_drw" (the LDAM-DRW baseline)
+    mode: str = "faithful"        # faithful: hand the best-on-test epoch to stage 2; clean: the last epoch
+    seed: int = 0                 # training seed: init, sample order, augmentation
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    warmup_epochs: int = 5        # linear warm-up over the first epochs
+    lr_decay_epochs: list[int] = field(default_factory=lambda: [160, 180])  # LR x0.01 after each
+    drw_start_epoch: int = 160    # LDAM-DRW: class re-weighting from this epoch on
+    eval_batch_size: int = 1000
+
+    def validate(self) -> None:
+        _choice("method", self.method, STAGE1_METHODS)
+        _choice("mode", self.mode, MODES)
+        _positive(self, "epochs", "batch_size", "lr", "eval_batch_size")
+        _non_negative(self, "momentum", "weight_decay", "warmup_epochs", "drw_start_epoch")
+
+
+@dataclass
+class Stage2Config:
+    mode: str = "faithful"        # faithful: reference quirks incl. selection on test; clean: none of them
+    seed: int = 0
+    epochs: int = 100             # total, the classifier epochs included
+    classifier_epochs: int = 20   # the last epochs re-train only the linear classifier
+    batch_size: int = 128
+    feature_lr: float = 0.005
+    classifier_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    temperature: float = 1.0
+    sampler: str = "resample,4"   # class-aware: blocks of 4 images of one class
+    ce_weights: str = "lt"        # feature phase CE class weights: n_c / max n ("lt"), "bal" or "none"
+    classifier_weights: str = "none"  # classifier phase CE weights
+    ce_weight: float = 1.0        # loss = ce_weight * CE + robust_weight * robust
+    robust_weight: float = 1.0
+    eps_init: float = 1.0         # learned radii start here (the reference ignores its --margin flag)
+    eps_nonneg: bool = False      # clean-mode option: clamp radii at 0 (a deviation from the paper)
+    autoaugment: bool = True
+    cutout: bool = True
+    eval_batch_size: int = 1000
+
+    def validate(self) -> None:
+        _choice("mode", self.mode, MODES)
+        _choice("ce_weights", self.ce_weights, CLASS_WEIGHTS)
+        _choice("classifier_weights", self.classifier_weights, CLASS_WEIGHTS)
+        _positive(self, "epochs", "batch_size", "feature_lr", "classifier_lr", "temperature", "eval_batch_size")
+        _non_negative(self, "classifier_epochs", "momentum", "weight_decay", "ce_weight", "robust_weight")
+        if self.classifier_epochs > self.epochs:
+            raise ValueError(f"classifier_epochs ({self.classifier_epochs}) cannot exceed epochs ({self.epochs})")
+        if self.eps_nonneg and self.mode == "faithful":
+            raise ValueError("eps_nonneg is a clean-mode deviation; set mode: clean or eps_nonneg: false")
+        from .sampling import parse_sampler
+        parse_sampler(self.sampler)
+
+
+def from_dict(cls: type, values: dict[str, Any] | None, where: str = "") -> Any:
+    """Returns a validated `cls` built from `values`; unknown keys and wrong types raise ValueError."""
+    values = dict(values or {})
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}{_at(where)}; allowed: {', '.join(names)}")
+    for key, value in values.items():
+        values[key] = _coerce(key, value, hints[key], where)
+    config = cls(**values)
+    config.validate()
+    return config
+
+
+def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}
+    if hint in ok:
+        if not ok[hint]:
+            raise ValueError(f"setting {key!r}{_at(where)} must be {hint.__name__}, got {value!r}")
+        return float(value) if hint is float else value
+    if getattr(hint, "__origin__", None) is list:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"setting {key!r}{_at(where)} must be a list of integers, got {value!r}")
+        return list(value)
+    raise TypeError(f"no coercion for {key!r} of type {hint}")
+
+
+def _at(where: str) -> str:
+    return f" in {where}" if where else ""
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(config: Any, *keys: str) -> None:
+    for key in keys:
+        if not getattr(config, key) > 0:
+            raise ValueError(f"{key} must be > 0, got {getattr(config, key)!r}")
+
+
+def _non_negative(config: Any, *keys: str) -> None:
+    for key in keys:
+        if not getattr(config, key) >= 0:
+            raise ValueError(f"{key} must be >= 0, got {getattr(config, key)!r}")

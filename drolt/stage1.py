@@ -1,0 +1,84 @@
+"""Stage 1: cross-entropy pre-training (SPEC §3), or the LDAM-DRW baseline (SPEC §3.1)."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .augment import stage1_train_transform
+from .config import Stage1Config
+from .data import LongTailData
+from .losses import drw_weights, ldam_loss, ldam_margins
+from .model import resnet32
+from .sampling import ShuffledEpochs, batches
+from .training import (EpochCallback, StageResult, check_finite, clone_state, device_generator, evaluate,
+                       improved, set_lr)
+
+
+def lr_at(cfg: Stage1Config, epoch: int) -> float:
+    """Returns the LR for 0-based `epoch`: linear warm-up, then x0.01 after each decay epoch (SPEC §3)."""
+    k = epoch + 1
+    if k <= cfg.warmup_epochs:
+        return cfg.lr * k / cfg.warmup_epochs
+    return cfg.lr * 0.01 ** sum(k > e for e in cfg.lr_decay_epochs)
+
+
+def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
+                 on_epoch: Optional[EpochCallback] = None, resume: Optional[dict] = None) -> StageResult:
+    """Trains stage 1 from scratch (or from `resume`, a state given to `on_epoch`); returns its result."""
+    cfg.validate()
+    ldam = cfg.method == "ldam_drw"
+    torch.manual_seed(cfg.seed)  # model init
+    model = resnet32(data.num_classes, cosine_head=ldam).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    sampler = ShuffledEpochs(len(data.train_labels), cfg.seed)
+    aug_gen = device_generator(device, cfg.seed)
+    margins = ldam_margins(data.class_counts).to(device) if ldam else None
+    start, history, best = 0, [], None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        sampler.load_state_dict(resume["sampler"])
+        aug_gen.set_state(resume["aug_gen"])
+        start, history, best = resume["epoch"], resume["history"], resume["best"]
+
+    n = len(data.train_labels)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = set_lr(optimizer, lr_at(cfg, epoch))
+        weights = drw_weights(data.class_counts, epoch, cfg.drw_start_epoch) if ldam else None
+        weights = weights.to(device) if weights is not None else None
+        model.train()
+        # Summed on the device and read once per epoch: a .item() per batch would sync the GPU every step.
+        loss_sum = torch.zeros((), device=device)
+        for idx in batches(sampler.next_pass().to(device), cfg.batch_size):
+            x = stage1_train_transform(data.train_images[idx], aug_gen)
+            y = data.train_labels[idx]
+            _, logits = model(x)
+            loss = ldam_loss(logits, y, margins, weights=weights) if ldam else F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+        train_loss = loss_sum.item() / n
+        check_finite(train_loss, 1, epoch)
+        train_time = time.perf_counter() - t0
+
+        record = {"stage": 1, "epoch": epoch, "lr": lr, "train_loss": train_loss,
+                  **evaluate(model, data, cfg.eval_batch_size),
+                  "train_images_per_s": n / train_time, "epoch_time": time.perf_counter() - t0}
+        history.append(record)
+        if improved(record, best, "top1"):
+            best = {"record": record, "model": clone_state(model)}
+        if on_epoch is not None:
+            on_epoch(record, {"stage": 1, "epoch": epoch + 1, "model": clone_state(model),
+                              "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+                              "aug_gen": aug_gen.get_state(), "history": history, "best": best})
+
+    faithful = cfg.mode == "faithful"
+    return StageResult(history=history, last=history[-1], best=best["record"],
+                       selected="best" if faithful else "last",
+                       model_state=best["model"] if faithful else clone_state(model))

@@ -1,0 +1,167 @@
+"""Stage 2: DRO-LT (SPEC §4.5) — robust-loss feature training on class-aware batches, then classifier re-training.
+
+Each epoch: (1) a centroid bank from one eval-mode pass over the augmented training stream, (2) one training
+pass, (3) an evaluation bank of the un-augmented LT training set and (4) the test metrics with NCM.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .augment import cutout, normalize, random_crop_flip, autoaugment_cifar10, to_unit_float
+from .centroids import class_centroids
+from .config import Stage2Config
+from .data import LongTailData
+from .losses import class_weights, robust_loss, weighted_cross_entropy
+from .model import ResNetCifar, resnet32
+from .sampling import batches, make_sampler
+from .training import (EpochCallback, StageResult, check_finite, clone_state, device_generator, evaluate,
+                       extract, improved, set_lr)
+
+
+def train_augment(cfg: Stage2Config, x: Tensor, gen: torch.Generator) -> Tensor:
+    """Returns the stage-2 training view of a uint8 batch: crop, flip, AutoAugment, Cutout, normalise."""
+    x = random_crop_flip(x, gen)
+    if cfg.autoaugment:
+        x = autoaugment_cifar10(x, gen)
+    x = to_unit_float(x)
+    if cfg.cutout:
+        x = cutout(x, gen)
+    return normalize(x)
+
+
+def _weights(counts: list[int], kind: str, device: torch.device) -> Optional[Tensor]:
+    return None if kind == "none" else class_weights(counts, kind).to(device)
+
+
+def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, device: torch.device,
+                 on_epoch: Optional[EpochCallback] = None, resume: Optional[dict] = None) -> StageResult:
+    """Trains DRO-LT from stage-1 weights (or continues `resume`); returns its result."""
+    cfg.validate()
+    C = data.num_classes
+    model: ResNetCifar = resnet32(C).to(device)
+    model.load_state_dict(stage1_state)
+    eps = nn.Parameter(torch.full((C,), cfg.eps_init, device=device))  # learned radii, one per class
+    backbone = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
+    opt_features = torch.optim.SGD(backbone + [eps], lr=cfg.feature_lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+    opt_classifier = torch.optim.SGD(model.fc.parameters(), lr=cfg.classifier_lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay)
+    sampler = make_sampler(cfg.sampler, data.train_labels, C, cfg.seed)
+    aug_gen = device_generator(device, cfg.seed)
+    ce_weights = _weights(data.class_counts, cfg.ce_weights, device)
+    classifier_weights = _weights(data.class_counts, cfg.classifier_weights, device)
+    first_classifier_epoch = cfg.epochs - cfg.classifier_epochs
+    start, history = 0, []
+    best_features = best_classifier = None  # best test NCM in the feature phase, best top-1 afterwards
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        with torch.no_grad():
+            eps.copy_(resume["eps"])
+        opt_features.load_state_dict(resume["opt_features"])
+        opt_classifier.load_state_dict(resume["opt_classifier"])
+        sampler.load_state_dict(resume["sampler"])
+        aug_gen.set_state(resume["aug_gen"])
+        start, history = resume["epoch"], resume["history"]
+        best_features, best_classifier = resume["best_features"], resume["best_classifier"]
+
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        feature_phase = epoch < first_classifier_epoch
+        if epoch == first_classifier_epoch and cfg.mode == "faithful" and best_features is not None:
+            # QUIRK (faithful): the classifier is re-trained on the feature epoch chosen by test NCM accuracy.
+            model.load_state_dict(best_features["model"])
+            with torch.no_grad():
+                eps.copy_(best_features["eps"])
+        stream = sampler.next_pass().to(device)
+        if feature_phase:
+            centroids = centroid_bank(model, data, stream, cfg, aug_gen)
+            stream = sampler.next_pass().to(device)
+            losses = feature_epoch(model, eps, data, stream, centroids, cfg, opt_features, ce_weights, aug_gen)
+            lr = cfg.feature_lr
+        else:
+            losses = classifier_epoch(model, data, stream, cfg, opt_classifier, classifier_weights, aug_gen)
+            lr = cfg.classifier_lr
+        check_finite(losses["loss"], 2, epoch)
+        train_time = time.perf_counter() - t0
+
+        record = {"stage": 2, "epoch": epoch, "phase": "feature" if feature_phase else "classifier",
+                  "lr": lr, **losses, **evaluate(model, data, cfg.eval_batch_size),
+                  "radii": eps.detach().cpu().tolist(),
+                  "train_images_per_s": len(stream) * (2 if feature_phase else 1) / train_time,
+                  "epoch_time": time.perf_counter() - t0}
+        history.append(record)
+        if feature_phase and improved(record, best_features, "ncm_top1"):
+            best_features = {"record": record, "model": clone_state(model), "eps": eps.detach().clone()}
+        if not feature_phase and improved(record, best_classifier, "top1"):
+            best_classifier = {"record": record, "model": clone_state(model), "eps": eps.detach().clone()}
+        if on_epoch is not None:
+            on_epoch(record, {"stage": 2, "epoch": epoch + 1, "model": clone_state(model),
+                              "eps": eps.detach().clone(), "opt_features": opt_features.state_dict(),
+                              "opt_classifier": opt_classifier.state_dict(), "sampler": sampler.state_dict(),
+                              "aug_gen": aug_gen.get_state(), "history": history,
+                              "best_features": best_features, "best_classifier": best_classifier})
+
+    # "Best on test" is the best top-1 among classifier epochs (the model the reference reports); without
+    # classifier epochs it is the feature epoch with the best test NCM accuracy.
+    best = best_classifier or best_features
+    faithful = cfg.mode == "faithful"
+    return StageResult(history=history, last=history[-1], best=best["record"],
+                       selected="best" if faithful else "last",
+                       model_state=best["model"] if faithful else clone_state(model))
+
+
+@torch.no_grad()
+def centroid_bank(model: nn.Module, data: LongTailData, stream: Tensor, cfg: Stage2Config,
+                  gen: torch.Generator) -> Tensor:
+    """Returns [C,64] class centroids of eval-mode features over one augmented pass of the training stream."""
+    z, _ = extract(model, data.train_images[stream], cfg.eval_batch_size, lambda x: train_augment(cfg, x, gen))
+    return class_centroids(z, data.train_labels[stream], data.num_classes)
+
+
+def feature_epoch(model: nn.Module, eps: nn.Parameter, data: LongTailData, stream: Tensor, centroids: Tensor,
+                  cfg: Stage2Config, optimizer: torch.optim.Optimizer, ce_weights: Optional[Tensor],
+                  gen: torch.Generator) -> dict:
+    """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns mean losses."""
+    model.train()
+    model.fc.requires_grad_(False)
+    sums = torch.zeros(3, device=stream.device)  # loss, ce, robust; read once per epoch
+    for idx in batches(stream, cfg.batch_size):
+        x = train_augment(cfg, data.train_images[idx], gen)
+        y = data.train_labels[idx]
+        z, logits = model(x)
+        ce = weighted_cross_entropy(logits, y, ce_weights)
+        robust = robust_loss(z, y, centroids, eps, cfg.temperature, cfg.mode)
+        loss = cfg.ce_weight * ce + cfg.robust_weight * robust
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cfg.eps_nonneg:
+            with torch.no_grad():
+                eps.clamp_(min=0)
+        sums += torch.stack([loss.detach(), ce.detach(), robust.detach()]) * len(y)
+    model.fc.requires_grad_(True)
+    loss, ce, robust = (sums / len(stream)).tolist()
+    return {"loss": loss, "ce_loss": ce, "robust_loss": robust}
+
+
+def classifier_epoch(model: nn.Module, data: LongTailData, stream: Tensor, cfg: Stage2Config,
+                     optimizer: torch.optim.Optimizer, weights: Optional[Tensor], gen: torch.Generator) -> dict:
+    """One pass re-training only the linear classifier, the whole model in eval mode; returns the mean loss."""
+    model.eval()
+    loss_sum = torch.zeros((), device=stream.device)
+    for idx in batches(stream, cfg.batch_size):
+        x = train_augment(cfg, data.train_images[idx], gen)
+        y = data.train_labels[idx]
+        with torch.no_grad():  # the backbone is frozen: no graph through it
+            z = model.features(x)
+        loss = weighted_cross_entropy(model.fc(z), y, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+    loss = loss_sum.item() / len(stream)
+    return {"loss": loss, "ce_loss": loss, "robust_loss": float("nan")}

@@ -1,0 +1,85 @@
+"""What the stage-1 and stage-2 loops share: the result type, batched evaluation, and small state helpers."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .augment import test_transform, to_unit_float
+from .centroids import class_centroids
+from .data import LongTailData
+from .metrics import classification_report
+
+# Called after every epoch with the epoch's record and the loop's full state (enough to resume from).
+EpochCallback = Callable[[dict, dict], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message names the stage and epoch."""
+
+
+@dataclass
+class StageResult:
+    history: list[dict]       # one record per epoch
+    last: dict                # the last epoch's record
+    best: dict                # the best-on-test epoch's record (test top-1)
+    selected: str             # "best" (faithful: selection on test) or "last" (clean): what the mode reports
+    model_state: dict         # the weights this stage hands on: those of the selected epoch
+
+    @property
+    def reported(self) -> dict:
+        """Returns the record the mode reports."""
+        return self.best if self.selected == "best" else self.last
+
+
+def clone_state(module: nn.Module) -> dict:
+    """Returns a detached copy of the module's state dict (so later steps cannot change it)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Sets every parameter group's learning rate; returns it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def device_generator(device: torch.device, seed: int) -> torch.Generator:
+    """Returns a generator on `device`, so augmentation draws where the images are."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def check_finite(loss: float, stage: int, epoch: int) -> None:
+    """Raises TrainingDiverged when the epoch's mean loss is not finite."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"stage {stage} epoch {epoch}: training loss is {loss}; lower the learning "
+                               "rate or check the data (the unit is recorded as failed)")
+
+
+@torch.no_grad()
+def extract(model: nn.Module, images: Tensor, batch_size: int,
+            transform: Callable[[Tensor], Tensor] = lambda x: test_transform(to_unit_float(x))) -> tuple[Tensor, Tensor]:
+    """Returns (features [n,64], logits [n,C]) of `images` (uint8 NCHW) in eval mode, in large batches."""
+    model.eval()
+    feats, logits = [], []
+    for chunk in torch.split(images, batch_size):
+        z, out = model(transform(chunk))
+        feats.append(z)
+        logits.append(out)
+    return torch.cat(feats), torch.cat(logits)
+
+
+def evaluate(model: nn.Module, data: LongTailData, batch_size: int) -> dict:
+    """Returns the test metrics of SPEC §5, NCM using centroids of the un-augmented LT training set."""
+    train_z, _ = extract(model, data.train_images, batch_size)
+    centroids = class_centroids(train_z, data.train_labels, data.num_classes)
+    test_z, test_logits = extract(model, data.test_images, batch_size)
+    return classification_report(test_logits, test_z, data.test_labels, centroids, data.class_counts)
+
+
+def improved(record: dict, best: Optional[dict], key: str) -> bool:
+    """True when `record[key]` beats the best so far (ties keep the earlier epoch, as the reference does)."""
+    return best is None or record[key] > best["record"][key]

@@ -1,0 +1,88 @@
+"""`drolt train`: one unit in-process, its output folder, resume after an interruption, and bad input."""
+import json
+
+import pytest
+
+import drolt.unit
+from harness.cli import main
+
+TINY = ["--method", "dro_lt", "--dataset", "cifar10", "--rho", "10", "--synthetic", "20",
+        "--stage1-epochs", "2", "--stage2-epochs", "2", "--classifier-epochs", "1", "--device", "cpu",
+        "--set", "stage1.batch_size=32", "--set", "stage1.warmup_epochs=1", "--set", "stage2.batch_size=64"]
+
+
+def _train(tmp_path, out, *extra):
+    return main(["train", *TINY, "--data-root", str(tmp_path / "data"), "--out", str(out), *extra])
+
+
+def _history(folder):
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time", "train_images_per_s")}
+            for line in lines]
+
+
+def test_train_writes_both_stages_records_and_prints_a_line_per_epoch(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(tmp_path, out) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("stage 1 epoch") == 2 and printed.count("stage 2 ") >= 2
+    for stage in ("stage1", "stage2"):
+        for name in ("metrics.jsonl", "result.json", "model.pt", "done", "state.pt"):
+            assert (out / stage / name).exists(), f"{stage}/{name}"
+    result = json.loads((out / "stage2" / "result.json").read_text())
+    assert result["selected"] == "best" and {"last", "best", "reported", "config", "provenance"} <= result.keys()
+    assert result["provenance"]["data_source"] == "synthetic"
+    assert "method: dro_lt" in (out / "unit.yaml").read_text()
+
+
+def test_rerun_of_a_finished_unit_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    _train(tmp_path, out)
+    before = (out / "stage2" / "metrics.jsonl").stat().st_mtime_ns
+    assert _train(tmp_path, out) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert (out / "stage2" / "metrics.jsonl").stat().st_mtime_ns == before
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    _train(tmp_path, tmp_path / "straight")
+    real_format = drolt.unit.format_record
+
+    def interrupt_in_stage2(record, epochs):
+        if record["stage"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C right after stage 2's first epoch was saved
+        return real_format(record, epochs)
+
+    monkeypatch.setattr(drolt.unit, "format_record", interrupt_in_stage2)
+    assert _train(tmp_path, tmp_path / "broken") == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    monkeypatch.setattr(drolt.unit, "format_record", real_format)
+    assert _train(tmp_path, tmp_path / "broken") == 0
+    assert "stage 2: resuming after epoch 1" in capsys.readouterr().out
+    for stage in ("stage1", "stage2"):
+        assert _history(tmp_path / "broken" / stage) == _history(tmp_path / "straight" / stage)
+
+
+def test_unknown_setting_is_rejected_naming_the_key(tmp_path, capsys):
+    assert _train(tmp_path, tmp_path / "run", "--set", "stage2.temprature=0.5") == 2
+    err = capsys.readouterr().err
+    assert "temprature" in err and "temperature" in err
+    assert not (tmp_path / "run" / "stage1").exists()
+
+
+def test_missing_data_folder_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    code = main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "nowhere"), "--no-download",
+                 "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "download" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rho", "0.5"], "rho must be >= 1"),
+    (["--mode", "faithful", "--set", "stage2.eps_nonneg=true"], "clean-mode deviation"),
+    (["--set", "stage1.epochs=ten"], "must be int"),
+])
+def test_impossible_values_stop_before_any_work(tmp_path, capsys, flags, message):
+    assert main(["train", "--out", str(tmp_path / "run"), *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,151 @@
+"""End-to-end stage 1 -> stage 2 on tiny synthetic data: records, selection, resume and determinism."""
+import math
+import warnings
+
+import pytest
+import torch
+
+from drolt.config import Stage1Config, Stage2Config
+from drolt.data import UnofficialDataWarning, load_long_tail, write_synthetic_cifar
+from drolt.stage1 import lr_at, train_stage1
+from drolt.stage2 import train_stage2
+from drolt.training import TrainingDiverged
+
+CPU = torch.device("cpu")
+STAGE2_FIELDS = {"stage", "epoch", "phase", "lr", "loss", "ce_loss", "robust_loss", "top1", "top5", "per_class",
+                 "many", "medium", "few", "many_n", "medium_n", "few_n", "ncm_top1", "ncm_many", "ncm_medium",
+                 "ncm_few", "radii", "epoch_time", "train_images_per_s"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_synthetic_cifar(root, "cifar10", train_per_class=30, test_per_class=5, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnofficialDataWarning)
+        return load_long_tail("cifar10", root, rho=10)
+
+
+def s1(**kw):
+    return Stage1Config(**{"epochs": 2, "batch_size": 32, "warmup_epochs": 1, "eval_batch_size": 256, **kw})
+
+
+def s2(**kw):
+    return Stage2Config(**{"epochs": 3, "classifier_epochs": 1, "batch_size": 64, "eval_batch_size": 256, **kw})
+
+
+@pytest.fixture(scope="module")
+def stage1_weights(tiny):
+    return train_stage1(s1(), tiny, CPU).model_state
+
+
+def _strip_times(history):
+    return [{k: v for k, v in r.items() if k not in ("epoch_time", "train_images_per_s")} for r in history]
+
+
+def _same(a, b):
+    """Records equal, NaN == NaN."""
+    assert a.keys() == b.keys()
+    for k in a:
+        va, vb = a[k], b[k]
+        if isinstance(va, float) and math.isnan(va):
+            assert isinstance(vb, float) and math.isnan(vb), k
+        elif isinstance(va, list):
+            assert len(va) == len(vb) and all((x == y) or (x != x and y != y) for x, y in zip(va, vb)), k
+        else:
+            assert va == vb, k
+
+
+def test_lr_schedule_warms_up_then_drops_100x_at_160_and_180():
+    cfg = Stage1Config()
+    assert [round(lr_at(cfg, e), 6) for e in (0, 4, 5, 159, 160, 179, 180, 199)] == \
+        [0.02, 0.1, 0.1, 0.1, 0.001, 0.001, 1e-5, 1e-5]
+
+
+def test_stage1_then_stage2_produce_every_field_of_the_epoch_record(tiny, stage1_weights):
+    result = train_stage2(s2(), tiny, stage1_weights, CPU)
+    assert [r["phase"] for r in result.history] == ["feature", "feature", "classifier"]
+    for record in result.history:
+        assert STAGE2_FIELDS <= record.keys()
+        assert len(record["per_class"]) == 10 and len(record["radii"]) == 10
+        assert 0 <= record["top1"] <= 100 and 0 <= record["ncm_top1"] <= 100
+    assert result.history[0]["robust_loss"] > 0
+    assert math.isnan(result.history[-1]["robust_loss"])  # no robust loss while re-training the classifier
+    assert result.history[0]["lr"] == 0.005 and result.history[-1]["lr"] == 0.01
+
+
+def test_radii_learn_in_feature_phase_and_freeze_in_classifier_phase(tiny, stage1_weights):
+    history = train_stage2(s2(mode="clean"), tiny, stage1_weights, CPU).history
+    assert history[0]["radii"] != [1.0] * 10
+    assert history[2]["radii"] == history[1]["radii"]
+
+
+def test_faithful_classifier_phase_starts_from_best_ncm_feature_epoch(tiny, stage1_weights):
+    history = train_stage2(s2(epochs=4, classifier_epochs=1), tiny, stage1_weights, CPU).history
+    feature = history[:3]
+    best = max(feature, key=lambda r: (r["ncm_top1"], -r["epoch"]))  # ties keep the earlier epoch
+    assert history[3]["radii"] == best["radii"]
+
+
+def test_faithful_reports_best_on_test_and_clean_reports_last(tiny, stage1_weights):
+    faithful = train_stage1(s1(epochs=3), tiny, CPU)
+    clean = train_stage1(s1(epochs=3, mode="clean"), tiny, CPU)
+    assert faithful.selected == "best" and clean.selected == "last"
+    assert faithful.best["top1"] == max(r["top1"] for r in faithful.history)
+    assert clean.reported is clean.last and clean.last["epoch"] == 2
+    # The same seed trains the same model: only the hand-over rule differs.
+    _same(_strip_times(faithful.history)[-1], _strip_times(clean.history)[-1])
+
+
+def test_same_seed_gives_identical_metrics_and_other_seed_differs(tiny):
+    a = train_stage1(s1(), tiny, CPU)
+    b = train_stage1(s1(), tiny, CPU)
+    for ra, rb in zip(_strip_times(a.history), _strip_times(b.history)):
+        _same(ra, rb)
+    c = train_stage1(s1(seed=1), tiny, CPU)
+    assert a.history[-1]["train_loss"] != c.history[-1]["train_loss"]
+
+
+def _run_with_states(train, *args):
+    states = []
+    result = train(*args, on_epoch=lambda record, state: states.append(_copy(state)))
+    return result, states
+
+
+def _copy(state):
+    # The callback's state shares lists with the running loop; a saved file would be a snapshot.
+    import io
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_stage1_resumed_after_epoch_k_gives_the_same_numbers_as_uninterrupted(tiny):
+    cfg = s1(epochs=3)
+    full, states = _run_with_states(train_stage1, cfg, tiny, CPU)
+    resumed = train_stage1(cfg, tiny, CPU, resume=states[0])
+    for ra, rb in zip(_strip_times(full.history), _strip_times(resumed.history)):
+        _same(ra, rb)
+    assert all(torch.equal(full.model_state[k], resumed.model_state[k]) for k in full.model_state)
+
+
+@pytest.mark.parametrize("mode", ["faithful", "clean"])
+def test_stage2_resumed_across_phase_boundary_gives_the_same_numbers(tiny, stage1_weights, mode):
+    cfg = s2(mode=mode)
+    full, states = _run_with_states(train_stage2, cfg, tiny, stage1_weights, CPU)
+    resumed = train_stage2(cfg, tiny, stage1_weights, CPU, resume=states[1])  # stopped before the classifier
+    for ra, rb in zip(_strip_times(full.history), _strip_times(resumed.history)):
+        _same(ra, rb)
+    assert all(torch.equal(full.model_state[k], resumed.model_state[k]) for k in full.model_state)
+
+
+def test_ldam_drw_baseline_trains_with_a_cosine_head(tiny):
+    result = train_stage1(s1(method="ldam_drw", drw_start_epoch=1), tiny, CPU)
+    assert "fc.weight" in result.model_state and "fc.bias" not in result.model_state
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+
+
+def test_diverging_loss_stops_with_the_stage_and_epoch(tiny):
+    with pytest.raises(TrainingDiverged, match="stage 1 epoch 0"):
+        train_stage1(s1(lr=1e30, warmup_epochs=0), tiny, CPU)
