@@ -78,7 +78,6 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
                               "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
                               "aug_gen": aug_gen.get_state(), "history": history, "best": best})
 
-    faithful = cfg.mode == "faithful"
     return StageResult(history=history, last=history[-1], best=best["record"],
-                       selected="best" if faithful else "last",
-                       model_state=best["model"] if faithful else clone_state(model))
+                       selected="best" if cfg.mode == "faithful" else "last",
+                       best_state=best["model"], last_state=clone_state(model))

@@ -108,10 +108,9 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     # "Best on test" is the best top-1 among classifier epochs (the model the reference reports); without
     # classifier epochs it is the feature epoch with the best test NCM accuracy.
     best = best_classifier or best_features
-    faithful = cfg.mode == "faithful"
     return StageResult(history=history, last=history[-1], best=best["record"],
-                       selected="best" if faithful else "last",
-                       model_state=best["model"] if faithful else clone_state(model))
+                       selected="best" if cfg.mode == "faithful" else "last",
+                       best_state=best["model"], last_state=clone_state(model))
 
 
 @torch.no_grad()

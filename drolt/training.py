@@ -27,12 +27,18 @@ class StageResult:
     last: dict                # the last epoch's record
     best: dict                # the best-on-test epoch's record (test top-1)
     selected: str             # "best" (faithful: selection on test) or "last" (clean): what the mode reports
-    model_state: dict         # the weights this stage hands on: those of the selected epoch
+    best_state: dict          # model weights of the best-on-test epoch
+    last_state: dict          # model weights after the last epoch
 
     @property
     def reported(self) -> dict:
         """Returns the record the mode reports."""
         return self.best if self.selected == "best" else self.last
+
+    @property
+    def model_state(self) -> dict:
+        """Returns the weights this stage hands on: those of the selected epoch."""
+        return self.best_state if self.selected == "best" else self.last_state
 
 
 def clone_state(module: nn.Module) -> dict:

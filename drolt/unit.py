@@ -3,7 +3,8 @@
 Folder layout (`out/`):
   unit.yaml                 the resolved settings
   stage1/, stage2/          per stage: state.pt (resume point, rewritten every epoch), metrics.jsonl
-                            (one record per epoch), model.pt (weights handed on), result.json and done
+                            (one record per epoch), model_best.pt and model_last.pt (weights of the best-on-test
+                            and of the last epoch), result.json and done
 A stage whose `done` marker exists is not run again; one with a state.pt resumes after its last epoch.
 """
 from __future__ import annotations
@@ -110,8 +111,12 @@ def format_record(record: dict, epochs: int) -> str:
 
 
 def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.device, folder: Path,
-              log: Log, stage1_weights: Optional[dict] = None) -> dict:
-    """Runs (or resumes, or skips when done) one stage in `folder`; returns its result.json contents."""
+              log: Log, stage1_weights: Optional[dict] = None,
+              report: Optional[Callable[[dict], None]] = None) -> dict:
+    """Runs (or resumes, or skips when done) one stage in `folder`; returns its result.json contents.
+
+    `report` is called with each epoch's record once the epoch's state is safely on disk.
+    """
     if (folder / "done").exists():
         log(f"stage {stage}: already complete in {folder}")
         return read_json(folder / "result.json")
@@ -124,13 +129,16 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
         save_state(state, folder / "state.pt")
         write_jsonl(folder / "metrics.jsonl", state["history"])
         log(format_record(record, cfg.epochs))
+        if report is not None:
+            report(record)
 
     t0 = time.time()
     if stage == 1:
         result = train_stage1(cfg, data, device, on_epoch, resume)
     else:
         result = train_stage2(cfg, data, stage1_weights, device, on_epoch, resume)
-    save_state(result.model_state, folder / "model.pt")
+    save_state(result.best_state, folder / "model_best.pt")
+    save_state(result.last_state, folder / "model_last.pt")
     summary = {"stage": stage, "selected": result.selected, "reported": result.reported, "last": result.last,
                "best": result.best, "config": dataclasses.asdict(cfg),
                "wall_time_s": time.time() - t0,
@@ -140,11 +148,16 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
     return summary
 
 
+def stage1_handoff(folder: Path, cfg: Stage1Config) -> Path:
+    """Returns the stage-1 weights stage 2 starts from: best-on-test (faithful) or last epoch (clean)."""
+    return folder / ("model_best.pt" if cfg.mode == "faithful" else "model_last.pt")
+
+
 def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log = print,
              stage1_weights: Optional[str | Path] = None) -> dict[int, dict]:
     """Runs every stage of `unit` into `out` (resuming what exists); returns {stage: result}.
 
-    `stage1_weights` (a model.pt from an earlier stage 1) skips stage 1 and starts stage 2 from it.
+    `stage1_weights` (a model_*.pt of an earlier stage 1) skips stage 1 and starts stage 2 from it.
     """
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +171,6 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
         if stage == 1 and weights is not None:
             continue
         if stage == 2 and weights is None:
-            weights = load_state(out / "stage1" / "model.pt")
+            weights = load_state(stage1_handoff(out / "stage1", unit.stage1))
         results[stage] = run_stage(stage, unit, data, device, out / f"stage{stage}", log, weights)
     return results

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -37,7 +38,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="override any setting, e.g. --set stage2.temperature=0.5 (repeatable)")
     p.add_argument("--out", type=Path, help="output folder (default runs/train)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--stage1-weights", type=Path, help="model.pt of a finished stage 1: run stage 2 only")
+    p.add_argument("--stage1-weights", type=Path, help="model_best.pt or model_last.pt of a finished stage 1: run stage 2 only")
 
 
 def _put(tree: dict, dotted: str, value: Any) -> None:
@@ -94,14 +95,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_parsers(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run a whole grid on Ray Tune (local Ray by default)",
+                         description="Expand GRID into units and run those not done yet on Ray Tune; re-running "
+                                     "after a crash or Ctrl-C continues where it stopped.")
+    run.add_argument("grid", type=Path, help="grid file (YAML), e.g. experiments/smoke.yaml")
+    run.add_argument("--address", help="an existing Ray cluster (e.g. 10.0.0.5:6379); default: a private "
+                                       "local Ray instance")
+    run.add_argument("--storage", type=Path, help="override the grid's storage folder")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (to run, to resume, done) and stop")
+    run.add_argument("--progress-every", type=float, default=30.0, metavar="S",
+                     help="seconds between status lines (default 30)")
+    status = sub.add_parser("status", help="what of a grid is done, running, failed or pending")
+    status.add_argument("grid", type=Path)
+    status.add_argument("--storage", type=Path, help="override the grid's storage folder")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.grid import load_grid
+    grid = load_grid(args.grid, args.storage)
+    if args.dry_run:
+        from harness.plan import make_plan
+        print(make_plan(grid).describe())
+        return 0
+    from harness.launch import run_grid
+    t0 = time.time()
+    plan = run_grid(grid, args.address, log=lambda line: print(line, flush=True), every=args.progress_every)
+    failed = [u for u in plan.units.values() if plan.states[u.id].status != "done"]
+    print(f"drolt run: {plan.count('done')}/{len(plan.units)} units done in {time.time() - t0:.0f}s")
+    for unit in failed:
+        state = plan.states[unit.id]
+        print(f"  not done: {unit.id} {unit.label}: {state.status} {state.detail}".rstrip())
+    if failed:
+        print(f"drolt run: {len(failed)} unit(s) not done; see `drolt status {args.grid}`; fix and run again "
+              "to retry only those", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness.grid import load_grid
+    from harness.status import status_table
+    print(status_table(load_grid(args.grid, args.storage)))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="drolt", description="DRO-LT reproduction harness")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _grid_parsers(sub)
     args = parser.parse_args(argv)
+    from harness.launch import LaunchError
     try:
-        return {"train": cmd_train}[args.command](args)
-    except (ValueError, DataError, FileNotFoundError) as err:
+        return {"train": cmd_train, "run": cmd_run, "status": cmd_status}[args.command](args)
+    except (ValueError, DataError, FileNotFoundError, LaunchError) as err:
         print(f"drolt {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

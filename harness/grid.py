@@ -1,0 +1,275 @@
+"""Grid files: load and validate them, and expand a grid into units of work with stable ids.
+
+A grid is datasets x imbalance factors x subset seeds x seeds x methods. Each cell is a *run* (what a table
+row reports). Runs are backed by *units*: a stage-1 unit (keyed by data, seeds and stage-1 settings) and, for
+DRO-LT, a stage-2 unit on top of it. A unit's id is a hash of its resolved settings, so the same work in two
+grids sharing a storage folder is the same unit, and stage 1 is trained once however many runs use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from drolt.config import (DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config, from_dict)
+from drolt.unit import METHODS
+
+GRID_KEYS = {
+    "name": "a short name for the grid (results go to results/<name>/)",
+    "storage": "folder holding one sub-folder per unit (relative to the grid file)",
+    "data": "root (folder of the CIFAR files, relative to the grid file), download (bool), synthetic (int)",
+    "datasets": f"list of {', '.join(DATASETS)}",
+    "profile": f"one of {', '.join(PROFILES)}",
+    "rhos": "list of imbalance ratios >= 1, e.g. [100, 50, 10]",
+    "subset_seeds": "list of ints: which images form the long-tailed subset",
+    "seeds": "list of ints: training seeds",
+    "methods": "list of {name: ce|ldam_drw|dro_lt, mode: faithful|clean, stage1: {...}, stage2: {...}}",
+    "stage1": "stage-1 settings for every method (see drolt/config.py)",
+    "stage2": "stage-2 settings for every DRO-LT method",
+    "resources": "per trial: {cpus: number > 0, gpus: number in [0, 1] or a whole number}",
+    "allow_cpu_fallback": "bool: run on CPU when the grid asks for GPUs and the cluster has none",
+    "max_failures": "int >= 0: retries of a trial whose process dies",
+}
+METHOD_KEYS = ("name", "mode", "stage1", "stage2")
+RUN_LEVEL = ("mode", "seed")  # set by the grid's axes, not by stage overrides
+
+
+class GridError(ValueError):
+    """A grid file is invalid; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One stage of work: trained once into <storage>/<id>/."""
+    id: str
+    stage: int
+    settings: dict              # resolved: {"method", "data", "stage1"[, "stage2", "stage1_unit", "handoff"]}
+    label: str                  # for people: "cifar10 rho100 s0 ce seed0"
+    depends_on: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the grid and the unit whose result it reports."""
+    dataset: str
+    rho: float
+    subset_seed: int
+    seed: int
+    method: str
+    mode: str
+    unit_id: str
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    storage: Path
+    data: DataConfig            # dataset/rho/subset_seed filled in per unit
+    datasets: list[str]
+    profile: str
+    rhos: list[float]
+    subset_seeds: list[int]
+    seeds: list[int]
+    methods: list[dict]
+    stage1: dict = field(default_factory=dict)
+    stage2: dict = field(default_factory=dict)
+    cpus: float = 1.0
+    gpus: float = 0.0
+    allow_cpu_fallback: bool = False
+    max_failures: int = 2
+
+
+def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
+    """Reads and validates a grid file; raises GridError naming the first problem."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise GridError(f"grid file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise GridError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise GridError(f"{path} must hold a mapping with keys {', '.join(GRID_KEYS)}")
+    unknown = sorted(set(raw) - set(GRID_KEYS))
+    if unknown:
+        raise GridError(f"{path.name}: unknown key(s) {unknown}; allowed: {', '.join(GRID_KEYS)}")
+    missing = [k for k in ("name", "datasets", "rhos", "seeds", "methods") if k not in raw]
+    if missing:
+        raise GridError(f"{path.name}: missing key(s) {missing} ({'; '.join(f'{k}: {GRID_KEYS[k]}' for k in missing)})")
+    here = path.parent
+
+    name = _typed(raw, "name", str)
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise GridError(f"name must be a non-empty word of letters, digits, '-', '_' or '.'; got {name!r}")
+    data_raw = dict(_typed(raw, "data", dict, {}))
+    data_raw["root"] = str((here / str(data_raw.get("root", "data"))).resolve())
+    for key in ("dataset", "rho", "subset_seed", "profile"):
+        if key in data_raw:
+            raise GridError(f"data.{key} is set by the grid's axes (datasets, rhos, subset_seeds, profile), "
+                            "not under data")
+    data = _checked(DataConfig, data_raw, "data")
+    datasets = _list(raw, "datasets", str, allowed=DATASETS)
+    profile = _typed(raw, "profile", str, "exp")
+    if profile not in PROFILES:
+        raise GridError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    rhos = [float(r) for r in _list(raw, "rhos", (int, float))]
+    if any(not r >= 1 for r in rhos):
+        raise GridError(f"rhos must all be >= 1 (n_max / n_min, e.g. [100, 50, 10]); got {rhos}")
+    grid = Grid(name=name, path=path,
+                storage=Path(storage).expanduser().resolve() if storage
+                else (here / _typed(raw, "storage", str, "../runs")).resolve(),
+                data=data, datasets=datasets, profile=profile, rhos=rhos,
+                subset_seeds=_list(raw, "subset_seeds", int, default=[0]), seeds=_list(raw, "seeds", int),
+                methods=_methods(raw.get("methods")),
+                stage1=_overrides(raw, "stage1"), stage2=_overrides(raw, "stage2"),
+                allow_cpu_fallback=_typed(raw, "allow_cpu_fallback", bool, False),
+                max_failures=_typed(raw, "max_failures", int, 2))
+    if grid.max_failures < 0:
+        raise GridError(f"max_failures must be >= 0; got {grid.max_failures}")
+    grid.cpus, grid.gpus = _resources(raw.get("resources", {}))
+    expand(grid)  # resolves every unit's settings, so bad stage overrides stop here, before any work
+    return grid
+
+
+def _typed(raw: dict, key: str, kind: type, default: Any = ...) -> Any:
+    if key not in raw:
+        return default
+    value = raw[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise GridError(f"{key} must be a {kind.__name__}; got {value!r} ({GRID_KEYS.get(key, '')})")
+    return value
+
+
+def _list(raw: dict, key: str, kind: Any, allowed: tuple = (), default: Any = ...) -> list:
+    if key not in raw and default is not ...:
+        return default
+    values = raw.get(key)
+    if not isinstance(values, list) or not values:
+        raise GridError(f"{key} must be a non-empty list ({GRID_KEYS[key]}); got {values!r}")
+    for v in values:
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise GridError(f"{key}: {v!r} is not a valid entry ({GRID_KEYS[key]})")
+        if allowed and v not in allowed:
+            raise GridError(f"{key}: unknown value {v!r}; allowed: {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise GridError(f"{key} lists a value twice: {values}")
+    return list(values)
+
+
+def _overrides(raw: dict, key: str) -> dict:
+    value = _typed(raw, key, dict, {})
+    for bad in RUN_LEVEL:
+        if bad in value:
+            raise GridError(f"{key}.{bad} is set per run (seeds: / methods: mode), not under {key}")
+    return dict(value)
+
+
+def _methods(raw: Any) -> list[dict]:
+    if not isinstance(raw, list) or not raw:
+        raise GridError(f"methods must be a non-empty list ({GRID_KEYS['methods']}); got {raw!r}")
+    methods = []
+    for i, m in enumerate(raw):
+        m = {"name": m} if isinstance(m, str) else m
+        if not isinstance(m, dict):
+            raise GridError(f"methods[{i}] must be a method name or a mapping; got {m!r}")
+        unknown = sorted(set(m) - set(METHOD_KEYS))
+        if unknown:
+            raise GridError(f"methods[{i}]: unknown key(s) {unknown}; allowed: {', '.join(METHOD_KEYS)}")
+        if m.get("name") not in METHODS:
+            raise GridError(f"methods[{i}].name must be one of {', '.join(METHODS)}; got {m.get('name')!r}")
+        mode = m.get("mode", "faithful")
+        if mode not in MODES:
+            raise GridError(f"methods[{i}].mode must be one of {', '.join(MODES)}; got {mode!r}")
+        for section in ("stage1", "stage2"):
+            if not isinstance(m.get(section, {}), dict):
+                raise GridError(f"methods[{i}].{section} must be a mapping of settings; got {m[section]!r}")
+            for bad in RUN_LEVEL:
+                if bad in m.get(section, {}):
+                    raise GridError(f"methods[{i}].{section}.{bad} is set per run (seeds: / mode:), not here")
+        if "stage2" in m and m["name"] != "dro_lt":
+            raise GridError(f"methods[{i}]: {m['name']} has no stage 2; remove its stage2 settings")
+        methods.append({"name": m["name"], "mode": mode, "stage1": dict(m.get("stage1", {})),
+                        "stage2": dict(m.get("stage2", {}))})
+    labels = [_method_label(m) for m in methods]
+    if len(set(labels)) != len(labels):
+        raise GridError(f"methods lists the same method and mode twice: {labels}")
+    return methods
+
+
+def _resources(raw: Any) -> tuple[float, float]:
+    if not isinstance(raw, dict) or set(raw) - {"cpus", "gpus"}:
+        raise GridError(f"resources must be a mapping with keys cpus and gpus; got {raw!r}")
+    cpus, gpus = raw.get("cpus", 1), raw.get("gpus", 0)
+    for key, value in (("cpus", cpus), ("gpus", gpus)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise GridError(f"resources.{key} must be a number >= 0; got {value!r}")
+    if cpus <= 0:
+        raise GridError(f"resources.cpus must be > 0 (fractions allowed); got {cpus}")
+    if gpus > 1 and gpus != int(gpus):
+        raise GridError(f"resources.gpus must be a fraction <= 1 (e.g. 0.25: four trials share a GPU) or a whole "
+                        f"number; got {gpus}")
+    return float(cpus), float(gpus)
+
+
+def _checked(cls: type, values: dict, where: str) -> Any:
+    try:
+        return from_dict(cls, values, where)
+    except ValueError as err:
+        raise GridError(str(err)) from err
+
+
+def _method_label(m: dict) -> str:
+    return m["name"] if m["name"] != "dro_lt" else f"dro_lt_{m['mode']}"
+
+
+def unit_id(settings: dict) -> str:
+    """Returns a 12-hex-digit hash of resolved settings (key order does not matter)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def expand(grid: Grid) -> tuple[list[Run], dict[str, Unit]]:
+    """Returns the grid's runs and the units behind them (stage 1 before stage 2, each once)."""
+    runs, units = [], {}
+    for dataset in grid.datasets:
+        for rho in grid.rhos:
+            for subset_seed in grid.subset_seeds:
+                for seed in grid.seeds:
+                    for m in grid.methods:
+                        run_unit = _units_of(grid, dataset, rho, subset_seed, seed, m, units)
+                        runs.append(Run(dataset, rho, subset_seed, seed, _method_label(m), m["mode"], run_unit))
+    return runs, units
+
+
+def _units_of(grid: Grid, dataset: str, rho: float, subset_seed: int, seed: int, m: dict,
+              units: dict[str, Unit]) -> str:
+    data = dataclasses.replace(grid.data, dataset=dataset, rho=rho, profile=grid.profile, subset_seed=subset_seed)
+    # Where the files are and whether to download them do not change the work: keep them out of the id.
+    data_key = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("root", "download")}
+    where = f"methods[{m['name']}]"
+    stage1_method = "ldam_drw" if m["name"] == "ldam_drw" else "ce"
+    # Stage 1 keeps the best-on-test and the last weights, so faithful and clean share one stage-1 unit.
+    s1 = _checked(Stage1Config, {**grid.stage1, **m["stage1"], "method": stage1_method, "seed": seed,
+                                 "mode": "faithful"}, f"{where}.stage1")
+    s1_settings = {"method": stage1_method, "data": data_key,
+                   "stage1": {k: v for k, v in dataclasses.asdict(s1).items() if k != "mode"}}
+    s1_id = unit_id(s1_settings)
+    label = f"{dataset} rho{rho:g} s{subset_seed} seed{seed}"
+    units.setdefault(s1_id, Unit(s1_id, 1, {**s1_settings, "data": dataclasses.asdict(data)},
+                                 f"{label} stage1 {stage1_method}"))
+    if m["name"] != "dro_lt":
+        return s1_id
+    s2 = _checked(Stage2Config, {**grid.stage2, **m["stage2"], "seed": seed, "mode": m["mode"]}, f"{where}.stage2")
+    handoff = "best" if m["mode"] == "faithful" else "last"
+    s2_settings = {"method": "dro_lt", "stage1_unit": s1_id, "handoff": handoff,
+                   "stage2": dataclasses.asdict(s2)}
+    s2_id = unit_id(s2_settings)
+    units.setdefault(s2_id, Unit(s2_id, 2, {**s2_settings, "data": dataclasses.asdict(data),
+                                            "stage1": units[s1_id].settings["stage1"]},
+                                 f"{label} stage2 dro_lt {m['mode']}", depends_on=s1_id))
+    return s2_id

@@ -1,0 +1,138 @@
+"""Run a grid on Ray Tune: stage-1 units first, then the stage-2 units whose stage 1 is complete.
+
+Units already done in storage are skipped; partial ones resume from their folder. Ray's `fit()` does not
+raise when trials fail, so the outcome is read back from the unit folders, which are the truth.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from .grid import Grid, Unit
+from .plan import Plan, make_plan
+from .storage import prepare, read_state, record_failure
+
+Log = Callable[[str], None]
+
+
+class LaunchError(RuntimeError):
+    """The grid cannot run on this Ray cluster (resources, lock, connection); the message says what to do."""
+
+
+@contextmanager
+def storage_lock(storage: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the storage folder, so two `drolt run`s never train the same unit."""
+    storage.mkdir(parents=True, exist_ok=True)
+    path = storage / ".drolt-run.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise LaunchError(f"storage {storage} is in use by another `drolt run` ({holder}); wait for it to "
+                              "finish, or give this run another --storage") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+
+
+def start_ray(address: Optional[str], log: Log) -> None:
+    """Connects to the cluster at `address`, or starts a private local Ray instance."""
+    import ray
+    if ray.is_initialized():
+        return
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
+              "logging_level": "ERROR"}
+    node_ip = os.environ.get("DROLT_RAY_NODE_IP")  # tests and CI pin Ray to a loopback address
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise LaunchError(f"cannot connect to the Ray cluster at {address}: {err}. Start one with "
+                              "`ray start --head` and pass the address it prints, or drop --address to run "
+                              "locally") from err
+        log(f"connected to Ray cluster at {address}")
+    else:
+        ray.init(address="local", **({"_node_ip_address": node_ip} if node_ip else {}), **kwargs)
+
+
+def trial_resources(grid: Grid, log: Log) -> dict:
+    """Returns the per-trial resources, checked against the cluster (Ray would leave impossible trials PENDING)."""
+    import ray
+    total = ray.cluster_resources()
+    cpus, gpus = grid.cpus, grid.gpus
+    if cpus > total.get("CPU", 0):
+        raise LaunchError(f"resources.cpus = {cpus:g} per trial, but the Ray cluster has {total.get('CPU', 0):g} "
+                          "CPUs in all; lower resources.cpus")
+    if gpus > 0 and total.get("GPU", 0) == 0:
+        if not grid.allow_cpu_fallback:
+            raise LaunchError(f"the grid asks for {gpus:g} GPU per trial but the Ray cluster has no GPU; set "
+                              "resources.gpus: 0, or allow_cpu_fallback: true to train on CPUs")
+        log(f"no GPU in the Ray cluster: running on CPU (allow_cpu_fallback), {cpus:g} CPU per trial")
+        gpus = 0.0
+    elif gpus > total.get("GPU", 0):
+        raise LaunchError(f"resources.gpus = {gpus:g} per trial, but the Ray cluster has {total.get('GPU', 0):g} "
+                          "GPUs in all; use a fraction such as 0.25 or a bigger cluster")
+    return {"cpu": cpus, "gpu": gpus}
+
+
+def _epochs(unit: Unit) -> int:
+    key = "stage1" if unit.stage == 1 else "stage2"
+    return int(unit.settings[key]["epochs"])
+
+
+def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: float) -> None:
+    from ray import tune
+
+    from trainables.stage import train_unit
+
+    from .progress import GridProgress
+    grid = plan.grid
+    for unit in units:
+        prepare(grid.storage, unit)
+    progress = GridProgress(units, plan.count("done"), len(plan.units), _epochs, log, every)
+    tuner = tune.Tuner(
+        tune.with_resources(train_unit, resources),
+        param_space={"unit": tune.grid_search([dataclasses.asdict(u) for u in units]),
+                     "storage": str(grid.storage)},
+        tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["unit"]["id"],
+                                    trial_dirname_creator=lambda t: t.config["unit"]["id"]),
+        run_config=tune.RunConfig(
+            storage_path=str(grid.storage / "_ray"), name=f"{grid.name}-stage{units[0].stage}-{int(time.time())}",
+            verbose=0, callbacks=[progress], failure_config=tune.FailureConfig(max_failures=grid.max_failures)))
+    results = tuner.fit()
+    # A trial whose process died on every retry never wrote error.json: record Ray's word for it.
+    for result in results:
+        unit_id = result.config["unit"]["id"]
+        if result.error is not None and read_state(grid.storage, plan.units[unit_id]).status != "failed":
+            record_failure(grid.storage / unit_id, result.error)
+
+
+def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every: float = 30.0) -> Plan:
+    """Runs every unit of the grid that is not done; returns the final plan (states read from storage)."""
+    with storage_lock(grid.storage):
+        plan = make_plan(grid)
+        log(plan.describe())
+        if not plan.todo(1) and not plan.todo(2):
+            return plan
+        start_ray(address, log)
+        resources = trial_resources(grid, log)
+        for stage in (1, 2):
+            plan = make_plan(grid)
+            todo = [u for u in plan.todo(stage) if u.depends_on is None or plan.states[u.depends_on].status == "done"]
+            if todo:
+                log(f"stage {stage}: {len(todo)} unit(s), {resources['cpu']:g} CPU / {resources['gpu']:g} GPU each")
+                _fit_wave(plan, todo, resources, log, every)
+        return make_plan(grid)

@@ -1,0 +1,50 @@
+"""What a grid needs done now: read every unit's state from storage and sort units into waves."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .grid import Grid, Run, Unit, expand
+from .storage import UnitState, read_state
+
+
+@dataclass
+class Plan:
+    grid: Grid
+    runs: list[Run]
+    units: dict[str, Unit]
+    states: dict[str, UnitState]
+
+    def todo(self, stage: int) -> list[Unit]:
+        """Returns the units of `stage` that are not done yet."""
+        return [u for u in self.units.values() if u.stage == stage and self.states[u.id].status != "done"]
+
+    def count(self, status: str) -> int:
+        """Returns how many units have this status."""
+        return sum(1 for s in self.states.values() if s.status == status)
+
+    def describe(self) -> str:
+        """Returns a human summary of the plan: units to run, reused and done."""
+        lines = [f"grid {self.grid.name}: {len(self.runs)} runs backed by {len(self.units)} units "
+                 f"({sum(u.stage == 1 for u in self.units.values())} stage-1, "
+                 f"{sum(u.stage == 2 for u in self.units.values())} stage-2); storage {self.grid.storage}"]
+        if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
+            lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
+        for status in ("done", "partial", "failed", "pending"):
+            units = [u for u in self.units.values() if self.states[u.id].status == status]
+            if not units:
+                continue
+            verb = {"done": "done (reused, not run)", "partial": "to resume", "failed": "failed before (to retry)",
+                    "pending": "to run"}[status]
+            lines.append(f"  {len(units)} {verb}")
+            for u in units:
+                state = self.states[u.id]
+                extra = f" after epoch {state.epochs_done}" if status == "partial" else ""
+                extra += f": {state.detail}" if state.detail else ""
+                lines.append(f"    {u.id}  {u.label}{extra}")
+        return "\n".join(lines)
+
+
+def make_plan(grid: Grid) -> Plan:
+    """Returns the plan of a grid given what its storage already holds."""
+    runs, units = expand(grid)
+    return Plan(grid, runs, units, {uid: read_state(grid.storage, u) for uid, u in units.items()})

@@ -1,0 +1,75 @@
+"""A concise live view of a grid run, in place of Ray's per-trial tables."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ray.tune import Callback
+
+from .grid import Unit
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class GridProgress(Callback):
+    """Prints a line when a unit starts, finishes or fails, and a status line at most every `every` seconds."""
+
+    def __init__(self, units: list[Unit], done_before: int, total: int, epochs_of: Callable[[Unit], int],
+                 log: Callable[[str], None] = print, every: float = 30.0):
+        self.units = {u.id: u for u in units}
+        self.done, self.failed, self.total = done_before, 0, total
+        self.epochs_of = epochs_of
+        self.log, self.every = log, every
+        self.running: dict[str, int] = {}          # unit id -> epochs finished
+        self.finished: set[str] = set()
+        self.epoch_times: list[float] = []
+        self.started = time.time()
+        self.last_line = 0.0
+
+    def _unit(self, trial) -> Unit:
+        return self.units[trial.config["unit"]["id"]]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        unit = self._unit(trial)
+        self.running.setdefault(unit.id, 0)
+        self.log(f"[{_duration(time.time() - self.started)}] start  {unit.id} {unit.label}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        unit = self._unit(trial)
+        self.running[unit.id] = int(result.get("epoch", 0)) + 1
+        if "epoch_time" in result:
+            self.epoch_times.append(float(result["epoch_time"]))
+        if time.time() - self.last_line >= self.every:
+            self.status_line()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        unit = self._unit(trial)
+        self.running.pop(unit.id, None)
+        self.finished.add(unit.id)
+        self.done += 1
+        self.log(f"[{_duration(time.time() - self.started)}] done   {unit.id} {unit.label}  "
+                 f"({self.done}/{self.total} units done)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        unit = self._unit(trial)
+        self.running.pop(unit.id, None)
+        self.finished.add(unit.id)
+        self.failed += 1
+        self.log(f"[{_duration(time.time() - self.started)}] FAILED {unit.id} {unit.label}")
+
+    def status_line(self) -> None:
+        """Prints units done of total, running units with their epoch, and an ETA from measured epoch times."""
+        self.last_line = time.time()
+        running = ", ".join(f"{uid[:6]} ep {ep}/{self.epochs_of(self.units[uid])}"
+                            for uid, ep in sorted(self.running.items()))
+        eta = ""
+        if self.epoch_times and self.running:
+            left = sum(self.epochs_of(u) - self.running.get(uid, 0) for uid, u in self.units.items()
+                       if uid not in self.finished)
+            per_epoch = sum(self.epoch_times[-20:]) / len(self.epoch_times[-20:])
+            eta = f", this wave's ETA ~{_duration(left * per_epoch / max(1, len(self.running)))}"
+        self.log(f"[{_duration(time.time() - self.started)}] {self.done}/{self.total} units done, "
+                 f"{self.failed} failed, running: {running or 'none'}{eta}")

@@ -1,0 +1,45 @@
+"""`drolt status`: what of a grid is done, running, failed or pending, read from storage alone."""
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+from .grid import Grid
+from .plan import make_plan
+
+
+def run_in_progress(storage: Path) -> str:
+    """Returns who holds the storage lock ("pid N on host"), or "" when no `drolt run` is using it."""
+    path = storage / ".drolt-run.lock"
+    if not path.exists():
+        return ""
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return ""
+
+
+def status_table(grid: Grid) -> str:
+    """Returns one line per unit (status, epochs, label, reason) and the totals."""
+    plan = make_plan(grid)
+    holder = run_in_progress(grid.storage)
+    lines = [f"grid {grid.name}, storage {grid.storage}: "
+             + (f"a `drolt run` is in progress ({holder})" if holder else "no run in progress")]
+    counts: dict[str, int] = {}
+    for unit in sorted(plan.units.values(), key=lambda u: (u.stage, u.label)):
+        state = plan.states[unit.id]
+        status = state.status
+        if status == "partial":
+            status = "running" if holder else "interrupted"
+        elif status == "pending" and unit.depends_on and plan.states[unit.depends_on].status != "done":
+            status = "waiting"  # for its stage-1 unit
+        counts[status] = counts.get(status, 0) + 1
+        key = "stage1" if unit.stage == 1 else "stage2"
+        epochs = f"{state.epochs_done}/{unit.settings[key]['epochs']}"
+        reason = f"  {state.detail}" if state.detail else ""
+        lines.append(f"  {status:<11} {epochs:>9}  {unit.id}  {unit.label}{reason}")
+    lines.append("total: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" of {len(plan.units)} units")
+    return "\n".join(lines)

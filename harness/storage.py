@@ -1,0 +1,84 @@
+"""The storage folder: one sub-folder per unit, and the state of a unit read from its files alone.
+
+<storage>/<unit id>/
+  unit.yaml       resolved settings (written before the unit starts)
+  state.pt        resume point, rewritten atomically after every epoch
+  metrics.jsonl   one record per finished epoch
+  model_best.pt, model_last.pt, result.json, done     written at the end; `done` last
+  error.json      why the last attempt failed (removed when the unit starts again)
+"""
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from drolt.checkpoint import read_json, write_json
+
+from .grid import Unit
+
+
+@dataclass
+class UnitState:
+    status: str                 # "done", "failed", "partial" (has a resume point) or "pending"
+    epochs_done: int = 0
+    detail: str = ""            # the error of a failed unit
+
+
+def unit_dir(storage: Path, unit_id: str) -> Path:
+    """Returns the folder of a unit."""
+    return storage / unit_id
+
+
+def is_done(storage: Path, unit_id: str) -> bool:
+    """True when the unit's completion marker exists."""
+    return (unit_dir(storage, unit_id) / "done").exists()
+
+
+def read_state(storage: Path, unit: Unit) -> UnitState:
+    """Returns what the unit's folder says about it."""
+    folder = unit_dir(storage, unit.id)
+    if (folder / "done").exists():
+        return UnitState("done", _epochs(folder))
+    if (folder / "error.json").exists():
+        try:
+            error = read_json(folder / "error.json")
+            detail = f"{error.get('type', 'error')}: {error.get('message', '')}"
+        except (OSError, ValueError):
+            detail = "error.json is unreadable"
+        return UnitState("failed", _epochs(folder), detail)
+    if (folder / "state.pt").exists():
+        return UnitState("partial", _epochs(folder))
+    return UnitState("pending")
+
+
+def _epochs(folder: Path) -> int:
+    try:
+        return sum(1 for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def prepare(storage: Path, unit: Unit) -> Path:
+    """Creates the unit's folder with its settings and clears a previous failure; returns the folder."""
+    folder = unit_dir(storage, unit.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "error.json").unlink(missing_ok=True)
+    (folder / "unit.yaml").write_text(yaml.safe_dump({"id": unit.id, "label": unit.label, **unit.settings},
+                                                     sort_keys=False))
+    return folder
+
+
+def record_failure(folder: Path, err: BaseException, epoch: Optional[int] = None) -> None:
+    """Writes error.json: the exception, the epoch reached and the traceback."""
+    write_json(folder / "error.json", {"type": type(err).__name__, "message": str(err), "epochs_done": epoch,
+                                       "traceback": traceback.format_exception(err)})
+
+
+def read_result(storage: Path, unit_id: str) -> dict:
+    """Returns a finished unit's result.json."""
+    return json.loads((unit_dir(storage, unit_id) / "result.json").read_text())
