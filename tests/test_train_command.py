@@ -27,7 +27,7 @@ def test_train_writes_both_stages_records_and_prints_a_line_per_epoch(tmp_path, 
     printed = capsys.readouterr().out
     assert printed.count("stage 1 epoch") == 2 and printed.count("stage 2 ") >= 2
     for stage in ("stage1", "stage2"):
-        for name in ("metrics.jsonl", "result.json", "model.pt", "done", "state.pt"):
+        for name in ("metrics.jsonl", "result.json", "model_best.pt", "model_last.pt", "done", "state.pt"):
             assert (out / stage / name).exists(), f"{stage}/{name}"
     result = json.loads((out / "stage2" / "result.json").read_text())
     assert result["selected"] == "best" and {"last", "best", "reported", "config", "provenance"} <= result.keys()
