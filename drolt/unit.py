@@ -141,7 +141,9 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
     save_state(result.last_state, folder / "model_last.pt")
     summary = {"stage": stage, "selected": result.selected, "reported": result.reported, "last": result.last,
                "best": result.best, "config": dataclasses.asdict(cfg),
-               "wall_time_s": time.time() - t0,
+               # Summed over epochs, so a resumed stage still reports its whole training time.
+               "wall_time_s": sum(r["epoch_time"] for r in result.history),
+               "started_at": t0, "finished_at": time.time(),
                "provenance": provenance(device, data.source)}
     write_json(folder / "result.json", summary)
     (folder / "done").touch()

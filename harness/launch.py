@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -18,6 +19,12 @@ from .plan import Plan, make_plan
 from .storage import prepare, read_state, record_failure
 
 Log = Callable[[str], None]
+
+# Ray reads these when it is imported: its new console output and default loggers would bury our one-line
+# progress view under per-trial tables. A user's own setting wins.
+for _key, _value in {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+                     "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_key, _value)
 
 
 class LaunchError(RuntimeError):
@@ -50,11 +57,14 @@ def storage_lock(storage: Path) -> Iterator[None]:
 
 def start_ray(address: Optional[str], log: Log) -> None:
     """Connects to the cluster at `address`, or starts a private local Ray instance."""
+    if not address:
+        # Ray 2.60 turns token authentication on for local instances anyway; saying so silences its warning.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # failures are summarised from the unit folders
     if ray.is_initialized():
         return
-    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
-              "logging_level": "ERROR"}
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     node_ip = os.environ.get("DROLT_RAY_NODE_IP")  # tests and CI pin Ray to a loopback address
     if address:
         try:
@@ -93,7 +103,7 @@ def _epochs(unit: Unit) -> int:
     return int(unit.settings[key]["epochs"])
 
 
-def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: float) -> None:
+def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: float, started: float) -> None:
     from ray import tune
 
     from trainables.stage import train_unit
@@ -102,7 +112,7 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
     grid = plan.grid
     for unit in units:
         prepare(grid.storage, unit)
-    progress = GridProgress(units, plan.count("done"), len(plan.units), _epochs, log, every)
+    progress = GridProgress(units, plan.count("done"), len(plan.units), _epochs, grid.storage, started, log, every)
     tuner = tune.Tuner(
         tune.with_resources(train_unit, resources),
         param_space={"unit": tune.grid_search([dataclasses.asdict(u) for u in units]),
@@ -122,6 +132,7 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
 
 def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every: float = 30.0) -> Plan:
     """Runs every unit of the grid that is not done; returns the final plan (states read from storage)."""
+    started = time.time()
     with storage_lock(grid.storage):
         plan = make_plan(grid)
         log(plan.describe())
@@ -134,5 +145,5 @@ def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every:
             todo = [u for u in plan.todo(stage) if u.depends_on is None or plan.states[u.depends_on].status == "done"]
             if todo:
                 log(f"stage {stage}: {len(todo)} unit(s), {resources['cpu']:g} CPU / {resources['gpu']:g} GPU each")
-                _fit_wave(plan, todo, resources, log, every)
+                _fit_wave(plan, todo, resources, log, every, started)
         return make_plan(grid)

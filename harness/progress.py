@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 from ray.tune import Callback
 
 from .grid import Unit
+from .storage import is_done
 
 
 def _duration(seconds: float) -> str:
@@ -18,15 +20,16 @@ class GridProgress(Callback):
     """Prints a line when a unit starts, finishes or fails, and a status line at most every `every` seconds."""
 
     def __init__(self, units: list[Unit], done_before: int, total: int, epochs_of: Callable[[Unit], int],
-                 log: Callable[[str], None] = print, every: float = 30.0):
+                 storage: Path, started: float, log: Callable[[str], None] = print, every: float = 30.0):
         self.units = {u.id: u for u in units}
+        self.storage = storage
         self.done, self.failed, self.total = done_before, 0, total
         self.epochs_of = epochs_of
         self.log, self.every = log, every
         self.running: dict[str, int] = {}          # unit id -> epochs finished
         self.finished: set[str] = set()
         self.epoch_times: list[float] = []
-        self.started = time.time()
+        self.started = started
         self.last_line = 0.0
 
     def _unit(self, trial) -> Unit:
@@ -46,19 +49,30 @@ class GridProgress(Callback):
             self.status_line()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        # A trial that recorded a deterministic failure (NaN loss) ends normally: the folder says which.
         unit = self._unit(trial)
-        self.running.pop(unit.id, None)
-        self.finished.add(unit.id)
-        self.done += 1
-        self.log(f"[{_duration(time.time() - self.started)}] done   {unit.id} {unit.label}  "
-                 f"({self.done}/{self.total} units done)")
+        if is_done(self.storage, unit.id):
+            self._finish(unit, "done  ")
+        else:
+            self._finish(unit, "FAILED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(self._unit(trial), "FAILED")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
         unit = self._unit(trial)
+        self.log(f"[{_duration(time.time() - self.started)}] retry  {unit.id} {unit.label} "
+                 "(its process died; it resumes from its last epoch)")
+
+    def _finish(self, unit: Unit, word: str) -> None:
         self.running.pop(unit.id, None)
         self.finished.add(unit.id)
-        self.failed += 1
-        self.log(f"[{_duration(time.time() - self.started)}] FAILED {unit.id} {unit.label}")
+        if word == "done  ":
+            self.done += 1
+        else:
+            self.failed += 1
+        self.log(f"[{_duration(time.time() - self.started)}] {word} {unit.id} {unit.label}  "
+                 f"({self.done}/{self.total} units done, {self.failed} failed)")
 
     def status_line(self) -> None:
         """Prints units done of total, running units with their epoch, and an ETA from measured epoch times."""

@@ -1,6 +1,13 @@
 """Shared data fixtures: small synthetic CIFAR folders in the real on-disk layout."""
 
+import os
 from pathlib import Path
+
+# Ray in tests stays on this machine: no usage stats, cloud-metadata probes sent to a closed loopback port,
+# and the node pinned to a loopback address. Set before any test module imports Ray (it reads some at import).
+os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "http_proxy": "http://127.0.0.1:9",
+                   "https_proxy": "http://127.0.0.1:9", "no_proxy": "localhost,127.0.0.1,127.0.0.2",
+                   "DROLT_RAY_NODE_IP": "127.0.0.2"})
 
 import pytest
 
