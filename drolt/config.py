@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
+from .speed import PRECISIONS
+
 DATASETS = ("cifar10", "cifar100")
 PROFILES = ("exp", "step")
 MODES = ("faithful", "clean")
@@ -50,9 +52,13 @@ class Stage1Config:
     lr_decay_epochs: list[int] = field(default_factory=lambda: [160, 180])  # LR x0.01 after each
     drw_start_epoch: int = 160    # LDAM-DRW: class re-weighting from this epoch on
     eval_batch_size: int = 1000
+    channels_last: bool = False   # speed settings (drolt/speed.py), each tested equal to the plain path
+    precision: str = "fp32"       # "fp32" or "bf16" (autocast; on CUDA)
+    compile: bool = False         # torch.compile the model's forward
 
     def validate(self) -> None:
         _choice("method", self.method, STAGE1_METHODS)
+        _choice("precision", self.precision, PRECISIONS)
         _choice("mode", self.mode, MODES)
         _positive(self, "epochs", "batch_size", "lr", "eval_batch_size")
         _non_negative(self, "momentum", "weight_decay", "warmup_epochs", "drw_start_epoch")
@@ -80,9 +86,13 @@ class Stage2Config:
     autoaugment: bool = True
     cutout: bool = True
     eval_batch_size: int = 1000
+    channels_last: bool = False   # speed settings (drolt/speed.py), each tested equal to the plain path
+    precision: str = "fp32"       # "fp32" or "bf16" (autocast; on CUDA)
+    compile: bool = False         # torch.compile the model's forward
 
     def validate(self) -> None:
         _choice("mode", self.mode, MODES)
+        _choice("precision", self.precision, PRECISIONS)
         _choice("ce_weights", self.ce_weights, CLASS_WEIGHTS)
         _choice("classifier_weights", self.classifier_weights, CLASS_WEIGHTS)
         _positive(self, "epochs", "batch_size", "feature_lr", "classifier_lr", "temperature", "eval_batch_size")

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import speed
 from .augment import stage1_train_transform
 from .config import Stage1Config
 from .data import LongTailData
@@ -32,6 +33,7 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
     ldam = cfg.method == "ldam_drw"
     torch.manual_seed(cfg.seed)  # model init
     model = resnet32(data.num_classes, cosine_head=ldam).to(device)
+    net = speed.prepare(model, cfg.channels_last, cfg.compile)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     sampler = ShuffledEpochs(len(data.train_labels), cfg.seed)
@@ -55,10 +57,11 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
         # Summed on the device and read once per epoch: a .item() per batch would sync the GPU every step.
         loss_sum = torch.zeros((), device=device)
         for idx in batches(sampler.next_pass().to(device), cfg.batch_size):
-            x = stage1_train_transform(data.train_images[idx], aug_gen)
+            x = speed.model_input(stage1_train_transform(data.train_images[idx], aug_gen), cfg.channels_last)
             y = data.train_labels[idx]
-            _, logits = model(x)
-            loss = ldam_loss(logits, y, margins, weights=weights) if ldam else F.cross_entropy(logits, y)
+            with speed.autocast(device, cfg.precision):
+                _, logits = net(x)
+                loss = ldam_loss(logits, y, margins, weights=weights) if ldam else F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -68,7 +71,7 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
         train_time = time.perf_counter() - t0
 
         record = {"stage": 1, "epoch": epoch, "lr": lr, "train_loss": train_loss,
-                  **evaluate(model, data, cfg.eval_batch_size),
+                  **evaluate(model, net, data, cfg),
                   "train_images_per_s": n / train_time, "epoch_time": time.perf_counter() - t0}
         history.append(record)
         if improved(record, best, "top1"):

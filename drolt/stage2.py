@@ -6,11 +6,12 @@ pass, (3) an evaluation bank of the un-augmented LT training set and (4) the tes
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
+from . import speed
 from .augment import cutout, normalize, random_crop_flip, autoaugment_cifar10, to_unit_float
 from .centroids import class_centroids
 from .config import Stage2Config
@@ -44,6 +45,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     C = data.num_classes
     model: ResNetCifar = resnet32(C).to(device)
     model.load_state_dict(stage1_state)
+    net = speed.prepare(model, cfg.channels_last, cfg.compile)
     eps = nn.Parameter(torch.full((C,), cfg.eps_init, device=device))  # learned radii, one per class
     backbone = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
     opt_features = torch.optim.SGD(backbone + [eps], lr=cfg.feature_lr, momentum=cfg.momentum,
@@ -78,9 +80,9 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
                 eps.copy_(best_features["eps"])
         stream = sampler.next_pass().to(device)
         if feature_phase:
-            centroids = centroid_bank(model, data, stream, cfg, aug_gen)
+            centroids = centroid_bank(model, net, data, stream, cfg, aug_gen)
             stream = sampler.next_pass().to(device)
-            losses = feature_epoch(model, eps, data, stream, centroids, cfg, opt_features, ce_weights, aug_gen)
+            losses = feature_epoch(model, net, eps, data, stream, centroids, cfg, opt_features, ce_weights, aug_gen)
             lr = cfg.feature_lr
         else:
             losses = classifier_epoch(model, data, stream, cfg, opt_classifier, classifier_weights, aug_gen)
@@ -89,7 +91,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
         train_time = time.perf_counter() - t0
 
         record = {"stage": 2, "epoch": epoch, "phase": "feature" if feature_phase else "classifier",
-                  "lr": lr, **losses, **evaluate(model, data, cfg.eval_batch_size),
+                  "lr": lr, **losses, **evaluate(model, net, data, cfg),
                   "radii": eps.detach().cpu().tolist(),
                   "train_images_per_s": len(stream) * (2 if feature_phase else 1) / train_time,
                   "epoch_time": time.perf_counter() - t0}
@@ -114,14 +116,15 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
 
 
 @torch.no_grad()
-def centroid_bank(model: nn.Module, data: LongTailData, stream: Tensor, cfg: Stage2Config,
+def centroid_bank(model: nn.Module, net: Callable, data: LongTailData, stream: Tensor, cfg: Stage2Config,
                   gen: torch.Generator) -> Tensor:
     """Returns [C,64] class centroids of eval-mode features over one augmented pass of the training stream."""
-    z, _ = extract(model, data.train_images[stream], cfg.eval_batch_size, lambda x: train_augment(cfg, x, gen))
+    model.eval()
+    z, _ = extract(net, data.train_images[stream], cfg.eval_batch_size, lambda x: train_augment(cfg, x, gen), cfg)
     return class_centroids(z, data.train_labels[stream], data.num_classes)
 
 
-def feature_epoch(model: nn.Module, eps: nn.Parameter, data: LongTailData, stream: Tensor, centroids: Tensor,
+def feature_epoch(model: nn.Module, net: Callable, eps: nn.Parameter, data: LongTailData, stream: Tensor, centroids: Tensor,
                   cfg: Stage2Config, optimizer: torch.optim.Optimizer, ce_weights: Optional[Tensor],
                   gen: torch.Generator) -> dict:
     """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns mean losses."""
@@ -129,12 +132,13 @@ def feature_epoch(model: nn.Module, eps: nn.Parameter, data: LongTailData, strea
     model.fc.requires_grad_(False)
     sums = torch.zeros(3, device=stream.device)  # loss, ce, robust; read once per epoch
     for idx in batches(stream, cfg.batch_size):
-        x = train_augment(cfg, data.train_images[idx], gen)
+        x = speed.model_input(train_augment(cfg, data.train_images[idx], gen), cfg.channels_last)
         y = data.train_labels[idx]
-        z, logits = model(x)
-        ce = weighted_cross_entropy(logits, y, ce_weights)
-        robust = robust_loss(z, y, centroids, eps, cfg.temperature, cfg.mode)
-        loss = cfg.ce_weight * ce + cfg.robust_weight * robust
+        with speed.autocast(stream.device, cfg.precision):
+            z, logits = net(x)
+            ce = weighted_cross_entropy(logits, y, ce_weights)
+            robust = robust_loss(z, y, centroids, eps, cfg.temperature, cfg.mode)
+            loss = cfg.ce_weight * ce + cfg.robust_weight * robust
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -153,11 +157,12 @@ def classifier_epoch(model: nn.Module, data: LongTailData, stream: Tensor, cfg: 
     model.eval()
     loss_sum = torch.zeros((), device=stream.device)
     for idx in batches(stream, cfg.batch_size):
-        x = train_augment(cfg, data.train_images[idx], gen)
+        x = speed.model_input(train_augment(cfg, data.train_images[idx], gen), cfg.channels_last)
         y = data.train_labels[idx]
-        with torch.no_grad():  # the backbone is frozen: no graph through it
-            z = model.features(x)
-        loss = weighted_cross_entropy(model.fc(z), y, weights)
+        with speed.autocast(stream.device, cfg.precision):
+            with torch.no_grad():  # the backbone is frozen: no graph through it
+                z = model.features(x)
+            loss = weighted_cross_entropy(model.fc(z), y, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,7 @@ from .augment import test_transform, to_unit_float
 from .centroids import class_centroids
 from .data import LongTailData
 from .metrics import classification_report
+from .speed import autocast, model_input
 
 # Called after every epoch with the epoch's record and the loop's full state (enough to resume from).
 EpochCallback = Callable[[dict, dict], None]
@@ -66,23 +67,29 @@ def check_finite(loss: float, stage: int, epoch: int) -> None:
 
 
 @torch.no_grad()
-def extract(model: nn.Module, images: Tensor, batch_size: int,
-            transform: Callable[[Tensor], Tensor] = lambda x: test_transform(to_unit_float(x))) -> tuple[Tensor, Tensor]:
-    """Returns (features [n,64], logits [n,C]) of `images` (uint8 NCHW) in eval mode, in large batches."""
-    model.eval()
+def extract(net: Callable[[Tensor], tuple[Tensor, Tensor]], images: Tensor, batch_size: int,
+            transform: Callable[[Tensor], Tensor] = lambda x: test_transform(to_unit_float(x)),
+            cfg: Any = None) -> tuple[Tensor, Tensor]:
+    """Returns (features [n,64], logits [n,C]) of `images` (uint8 NCHW), in large batches.
+
+    The caller puts the model in eval mode. `cfg` (a stage config) brings its speed settings.
+    """
+    channels_last, precision = (cfg.channels_last, cfg.precision) if cfg is not None else (False, "fp32")
     feats, logits = [], []
     for chunk in torch.split(images, batch_size):
-        z, out = model(transform(chunk))
-        feats.append(z)
-        logits.append(out)
+        with autocast(images.device, precision):
+            z, out = net(model_input(transform(chunk), channels_last))
+        feats.append(z.float())
+        logits.append(out.float())
     return torch.cat(feats), torch.cat(logits)
 
 
-def evaluate(model: nn.Module, data: LongTailData, batch_size: int) -> dict:
+def evaluate(model: nn.Module, net: Callable, data: LongTailData, cfg: Any) -> dict:
     """Returns the test metrics of SPEC §5, NCM using centroids of the un-augmented LT training set."""
-    train_z, _ = extract(model, data.train_images, batch_size)
+    model.eval()
+    train_z, _ = extract(net, data.train_images, cfg.eval_batch_size, cfg=cfg)
     centroids = class_centroids(train_z, data.train_labels, data.num_classes)
-    test_z, test_logits = extract(model, data.test_images, batch_size)
+    test_z, test_logits = extract(net, data.test_images, cfg.eval_batch_size, cfg=cfg)
     return classification_report(test_logits, test_z, data.test_labels, centroids, data.class_counts)
 
 

@@ -1,0 +1,62 @@
+"""Each speed setting computes what the plain path computes: same seed, a few SGD steps, losses compared."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from drolt import speed
+from drolt.config import Stage1Config
+from drolt.model import resnet32
+
+CPU = torch.device("cpu")
+
+
+def _losses(channels_last=False, precision="fp32", compile=False, steps=3):
+    """Per-step training losses of ResNet-32 on fixed random batches, from a fixed init."""
+    torch.manual_seed(0)
+    model = resnet32(10)
+    net = speed.prepare(model, channels_last, compile)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        x = speed.model_input(torch.randn(16, 3, 32, 32, generator=gen), channels_last)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        with speed.autocast(CPU, precision):
+            _, logits = net(x)
+            loss = F.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return _losses()
+
+
+# Other kernels sum in another order: float32 rounding differs, and SGD steps amplify it a little.
+def test_channels_last_gives_the_plain_losses_within_0_1_percent(plain):
+    assert torch.allclose(_losses(channels_last=True), plain, rtol=1e-3, atol=0)
+
+
+def test_bf16_autocast_gives_the_plain_losses_within_2_percent(plain):
+    # bfloat16 keeps 8 bits of mantissa: per-step losses agree to about 1%, not to float32 precision.
+    assert torch.allclose(_losses(precision="bf16"), plain, rtol=0.02, atol=0)
+
+
+def test_compiled_model_gives_the_plain_losses_within_0_1_percent(plain):
+    assert torch.allclose(_losses(compile=True, steps=2), plain[:2], rtol=1e-3, atol=0)
+
+
+def test_compiled_and_channels_last_models_keep_plain_state_dict_keys():
+    model = resnet32(10)
+    keys = set(model.state_dict())
+    speed.prepare(model, channels_last=True, compile=True)
+    assert set(model.state_dict()) == keys  # checkpoints stay loadable without the speed settings
+
+
+def test_unknown_precision_is_rejected_with_the_allowed_values():
+    with pytest.raises(ValueError, match="fp32, bf16"):
+        Stage1Config(precision="fp16").validate()
