@@ -106,6 +106,10 @@ def _grid_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--dry-run", action="store_true", help="print the plan (to run, to resume, done) and stop")
     run.add_argument("--progress-every", type=float, default=30.0, metavar="S",
                      help="seconds between status lines (default 30)")
+    report = sub.add_parser("report", help="rebuild a grid's tables and figures from its records (no training)")
+    report.add_argument("grid", type=Path)
+    report.add_argument("--storage", type=Path, help="override the grid's storage folder")
+    report.add_argument("--out", type=Path, help="output folder (default results/<grid name>/)")
     status = sub.add_parser("status", help="what of a grid is done, running, failed or pending")
     status.add_argument("grid", type=Path)
     status.add_argument("--storage", type=Path, help="override the grid's storage folder")
@@ -119,8 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(make_plan(grid).describe())
         return 0
     from harness.launch import run_grid
+    from harness.report import write_report
     t0 = time.time()
     plan = run_grid(grid, args.address, log=lambda line: print(line, flush=True), every=args.progress_every)
+    write_report(grid, log=lambda line: print(line, flush=True))
     failed = [u for u in plan.units.values() if plan.states[u.id].status != "done"]
     print(f"drolt run: {plan.count('done')}/{len(plan.units)} units done in {time.time() - t0:.0f}s")
     for unit in failed:
@@ -130,6 +136,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"drolt run: {len(failed)} unit(s) not done; see `drolt status {args.grid}`; fix and run again "
               "to retry only those", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.grid import load_grid
+    from harness.report import write_report
+    write_report(load_grid(args.grid, args.storage), args.out, log=lambda line: print(line, flush=True))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -147,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from harness.launch import LaunchError
     try:
-        return {"train": cmd_train, "run": cmd_run, "status": cmd_status}[args.command](args)
+        return {"train": cmd_train, "run": cmd_run, "status": cmd_status, "report": cmd_report}[args.command](args)
     except (ValueError, DataError, FileNotFoundError, LaunchError) as err:
         print(f"drolt {args.command}: error: {err}", file=sys.stderr)
         return 2

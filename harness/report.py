@@ -1,0 +1,387 @@
+"""Paper-style tables and figures from a grid's records alone: the tidy frame, the tables and their writers.
+
+Output, under `results/<grid name>/`:
+  runs.csv (+ runs.parquet)   the tidy frame: one row per finished run
+  summary.csv                 mean / std / n per method, cell, split and selection, with the published number
+  top1_last.*, shots_last.*   headline tables (final epoch) as .tex and .csv
+  top1_best.*, shots_best.*   the same tables for the best epoch on test (labelled as such)
+  report.md                   every table in Markdown, what is missing, the figures, provenance
+  missing.txt                 the runs not finished yet (only when some are)
+  *.png                       the figures (see harness/figures.py)
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import pandas as pd
+
+from drolt.metrics import SPLITS
+
+from .grid import Grid, Run, expand
+from .published import load_published, published
+from .storage import is_done, read_result
+
+METHOD_ORDER = ("ce", "ldam_drw", "dro_lt_faithful", "dro_lt_clean")
+METHOD_NAMES = {"ce": "CE", "ldam_drw": "LDAM-DRW", "dro_lt_faithful": "DRO-LT (faithful)",
+                "dro_lt_clean": "DRO-LT (clean)"}
+DATASET_NAMES = {"cifar10": "CIFAR-10-LT", "cifar100": "CIFAR-100-LT"}
+SELECTIONS = {"last": "final epoch", "best": "best epoch on test"}
+METRICS = ("top1", "top5", "many", "medium", "few", "many_n", "medium_n", "few_n",
+           "ncm_top1", "ncm_many", "ncm_medium", "ncm_few")
+PROVENANCE = ("code_version", "torch_version", "device", "precision", "data_source")
+RUN_KEYS = ("dataset", "rho", "profile", "subset_seed", "seed", "method", "mode")
+DASH = "–"
+REPO = Path(__file__).resolve().parent.parent
+Log = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------------------------- the frame
+
+def build_frame(grid: Grid) -> pd.DataFrame:
+    """Returns one row per finished run of the grid: settings, last/best metrics, wall times, provenance."""
+    runs, units = expand(grid)
+    rows = [_row(grid, run, units) for run in runs if is_done(grid.storage, run.unit_id)]
+    if not rows:
+        return pd.DataFrame(columns=[*RUN_KEYS, "unit_id"])
+    # Column order of a DRO-LT row (it has every column): stage-2 settings beside stage 1's, not at the end.
+    template = max(rows, key=len)
+    frame = pd.DataFrame(rows, columns=list(dict.fromkeys([*template, *(k for row in rows for k in row)])))
+    for column in frame.columns:
+        # Settings only DRO-LT rows have would turn into floats (3.0 epochs) beside the baselines' NaN.
+        values = [row[column] for row in rows if column in row]
+        if len(values) < len(rows) and values and all(type(v) is int for v in values):
+            frame[column] = frame[column].astype("Int64")
+        elif len(values) < len(rows) and values and all(type(v) is bool for v in values):
+            frame[column] = frame[column].astype("boolean")
+    return frame
+
+
+def missing_runs(grid: Grid) -> list[Run]:
+    """Returns the grid's runs whose reporting unit (stage 2 for DRO-LT) has not finished."""
+    runs, _ = expand(grid)
+    return [run for run in runs if not is_done(grid.storage, run.unit_id)]
+
+
+def _row(grid: Grid, run: Run, units: dict) -> dict:
+    unit = units[run.unit_id]
+    result = read_result(grid.storage, unit.id)
+    stage1 = result if unit.depends_on is None else _result_or_none(grid.storage, unit.depends_on)
+    row: dict = {"dataset": run.dataset, "rho": run.rho, "profile": grid.profile, "subset_seed": run.subset_seed,
+                 "seed": run.seed, "method": run.method, "mode": run.mode,
+                 # Both stages pick by mode: faithful reports the best epoch on test, clean the last one.
+                 "selected": "best" if run.mode == "faithful" else "last"}
+    # Where the files were read from is left out, as it is of the unit id: it does not change the work.
+    row.update({f"data_{k}": v for k, v in unit.settings["data"].items()
+                if k not in ("dataset", "rho", "profile", "subset_seed", "root", "download")})
+    for stage in ("stage1", "stage2"):
+        row.update({f"{stage}_{k}": _scalar(v) for k, v in unit.settings.get(stage, {}).items()})
+    for selection in SELECTIONS:
+        record = result[selection]
+        row.update({f"{selection}_{m}": record.get(m, math.nan) for m in METRICS})
+        row[f"{selection}_epoch"] = record["epoch"]
+    row["reported_top1"] = row[f"{row['selected']}_top1"]
+    row["stage1_wall_time_s"] = stage1["wall_time_s"] if stage1 else math.nan
+    row["stage2_wall_time_s"] = result["wall_time_s"] if unit.stage == 2 else math.nan
+    row["unit_id"] = unit.id
+    row["stage1_unit_id"] = unit.depends_on or unit.id
+    row.update({k: result.get("provenance", {}).get(k, "unknown") for k in PROVENANCE})
+    return row
+
+
+def _result_or_none(storage: Path, unit_id: str) -> Optional[dict]:
+    return read_result(storage, unit_id) if is_done(storage, unit_id) else None
+
+
+def _scalar(value):
+    # Lists (LR decay epochs) become JSON text so that CSV and Parquet columns hold one type.
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+
+
+# ---------------------------------------------------------------------------------------------- the tables
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Returns mean, std (ddof=1), n, published and delta per dataset, rho, method, selection and split."""
+    rows = []
+    if frame.empty:
+        return pd.DataFrame(columns=["dataset", "rho", "method", "selection", "split", "mean", "std", "n",
+                                     "published", "delta", "source"])
+    synthetic = _synthetic_cells(frame)
+    for (dataset, rho, method), group in frame.groupby(["dataset", "rho", "method"], sort=False):
+        for selection in SELECTIONS:
+            for split in ("all", *SPLITS):
+                values = group[_metric(selection, split)].astype(float).dropna()
+                mean = values.mean() if len(values) else math.nan
+                pub = None if (dataset, rho) in synthetic else published(dataset, rho, method, split)
+                rows.append({"dataset": dataset, "rho": rho, "method": method, "selection": selection,
+                             "split": split, "mean": mean, "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                             "n": len(values), "published": pub.value if pub else math.nan,
+                             "delta": mean - pub.value if pub else math.nan, "source": pub.source if pub else ""})
+    return pd.DataFrame(rows)
+
+
+def _synthetic_cells(frame: pd.DataFrame) -> set[tuple[str, float]]:
+    # Runs on the generated stand-in data measure the plumbing, not the method: a delta against a published
+    # CIFAR number would be meaningless there, so such cells get no comparison.
+    if frame.empty or "data_source" not in frame:
+        return set()
+    real = frame["data_source"] != "synthetic"
+    return set(zip(frame["dataset"], frame["rho"])) - set(zip(frame.loc[real, "dataset"], frame.loc[real, "rho"]))
+
+
+def _metric(selection: str, split: str) -> str:
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
+    if split not in ("all", *SPLITS):
+        raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
+    return f"{selection}_{'top1' if split == 'all' else split}"
+
+
+def paper_table(frame: pd.DataFrame, split: str = "all", selection: str = "last",
+                methods: Optional[Sequence[str]] = None,
+                cells: Optional[Sequence[tuple[str, float]]] = None) -> pd.DataFrame:
+    """Returns the methods x (dataset, rho) table of "mean ± std (n=k)" strings, with paper and Δ columns.
+
+    `methods` and `cells` default to those in the frame; pass the grid's to show unfinished ones as "–".
+    """
+    return _table(frame, [split], selection, methods, cells).droplevel("split")
+
+
+def shot_table(frame: pd.DataFrame, selection: str = "last", methods: Optional[Sequence[str]] = None,
+               cells: Optional[Sequence[tuple[str, float]]] = None) -> pd.DataFrame:
+    """Returns the many/medium/few table: rows (split, method), the columns of paper_table."""
+    return _table(frame, list(SPLITS), selection, methods, cells)
+
+
+def _table(frame: pd.DataFrame, splits: list[str], selection: str, methods: Optional[Sequence[str]],
+           cells: Optional[Sequence[tuple[str, float]]]) -> pd.DataFrame:
+    for split in splits:
+        _metric(selection, split)
+    methods = list(methods) if methods is not None else [m for m in METHOD_ORDER if m in set(frame["method"])]
+    cells = list(cells) if cells is not None else _cells(frame)
+    stats = summarize(frame)
+    stats = stats[stats["selection"] == selection].set_index(["dataset", "rho", "method", "split"])
+    columns, with_paper, synthetic = [], {}, _synthetic_cells(frame)
+    for dataset, rho in cells:
+        # A cell gets paper and Δ columns only when some method of the table has a published number there.
+        with_paper[dataset, rho] = (dataset, rho) not in synthetic and any(
+            published(dataset, rho, m, s) for m in methods for s in splits)
+        head = (DATASET_NAMES.get(dataset, dataset), f"ρ={rho:g}")
+        columns += [(*head, "ours")] + ([(*head, "paper"), (*head, "Δ")] if with_paper[dataset, rho] else [])
+    rows, index = [], []
+    for split in splits:
+        for method in methods:
+            row = []
+            for dataset, rho in cells:
+                key = (dataset, rho, method, split)
+                stat = stats.loc[key] if key in stats.index else None
+                row.append(format_cell(stat["mean"], stat["std"], stat["n"]) if stat is not None else DASH)
+                if with_paper[dataset, rho]:
+                    pub = published(dataset, rho, method, split)
+                    mean = stat["mean"] if stat is not None else math.nan
+                    row += [f"{pub.value:.2f}" if pub else DASH,
+                            f"{mean - pub.value:+.2f}" if pub and not math.isnan(mean) else DASH]
+            rows.append(row)
+            index.append((split, METHOD_NAMES.get(method, method)))
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["split", "method"]),
+                        columns=pd.MultiIndex.from_tuples(columns, names=["dataset", "rho", "value"]))
+
+
+def _cells(frame: pd.DataFrame) -> list[tuple[str, float]]:
+    # Paper order: datasets as listed, rho from the hardest (largest) down.
+    pairs = set(zip(frame["dataset"], frame["rho"]))
+    order = {d: i for i, d in enumerate(DATASET_NAMES)}
+    return sorted(pairs, key=lambda p: (order.get(p[0], len(order)), p[0], -p[1]))
+
+
+def format_cell(mean: float, std: float, n: int) -> str:
+    """Returns "mean ± std (n=k)", "mean (n=1)" for one seed, or "–" when nothing was measured."""
+    if n == 0 or math.isnan(mean):
+        return DASH
+    if n == 1 or math.isnan(std):
+        return f"{mean:.2f} (n={n})"
+    return f"{mean:.2f} ± {std:.2f} (n={n})"
+
+
+# --------------------------------------------------------------------------------------------- the writers
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """Returns the table as a GitHub Markdown table (row labels left, numbers right)."""
+    names = [n for n in table.index.names]
+    header = [*names, *(_flat_label(c) for c in table.columns)]
+    align = [":--"] * len(names) + ["--:"] * len(table.columns)
+    lines = [_md_row(header), _md_row(align)]
+    for labels, values in zip(table.index, table.itertuples(index=False)):
+        labels = labels if isinstance(labels, tuple) else (labels,)
+        lines.append(_md_row([*labels, *values]))
+    return "\n".join(lines) + "\n"
+
+
+def _flat_label(column: tuple) -> str:
+    dataset, rho, value = column
+    return f"{dataset} {rho}" if value == "ours" else value
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
+    """Returns the table as a booktabs LaTeX `table` float: one header row per cell group, one per value."""
+    names = list(table.index.names)
+    groups: list[tuple[str, int]] = []
+    for dataset, rho, _ in table.columns:
+        head = f"{dataset}, {rho}"
+        if groups and groups[-1][0] == head:
+            groups[-1] = (head, groups[-1][1] + 1)
+        else:
+            groups.append((head, 1))
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}", rf"\label{{{label}}}",
+             r"\begin{tabular}{" + "l" * len(names) + "r" * len(table.columns) + "}", r"\toprule"]
+    top, rules, start = [""] * len(names), [], len(names) + 1
+    for head, span in groups:
+        top.append(rf"\multicolumn{{{span}}}{{c}}{{{_tex(head)}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
+        start += span
+    lines += [" & ".join(top) + r" \\", " ".join(rules),
+              " & ".join([*(_tex(n.capitalize()) for n in names), *(_tex(v) for *_, v in table.columns)]) + r" \\",
+              r"\midrule"]
+    previous = None
+    for labels, values in zip(table.index, table.itertuples(index=False)):
+        labels = labels if isinstance(labels, tuple) else (labels,)
+        if len(labels) > 1 and previous is not None and labels[0] != previous:
+            lines.append(r"\midrule")  # between the many / medium / few blocks
+        previous = labels[0]
+        lines.append(" & ".join(_tex(str(c)) for c in (*labels, *values)) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        "±": r"$\pm$", "–": "--", "Δ": r"$\Delta$", "ρ": r"$\rho$"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def to_csv(table: pd.DataFrame) -> str:
+    """Returns the table as CSV with one flat header row ("CIFAR-10-LT ρ=100 paper", ...)."""
+    flat = table.copy()
+    flat.columns = [" ".join(c) if c[2] != "ours" else f"{c[0]} {c[1]}" for c in table.columns]
+    return flat.reset_index().to_csv(index=False)
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+TABLES = {  # file stem: (what, selection)
+    "top1_last": ("top-1 accuracy (%), final epoch", "last"),
+    "shots_last": ("many / medium / few-shot accuracy (%), final epoch", "last"),
+    "top1_best": ("top-1 accuracy (%), best epoch on test (selected on the test set: optimistic)", "best"),
+    "shots_best": ("many / medium / few-shot accuracy (%), best epoch on test (selected on the test set: "
+                   "optimistic)", "best"),
+}
+
+
+def default_out_dir(grid: Grid) -> Path:
+    """Returns results/<grid name>/ in the repository holding this package."""
+    return REPO / "results" / grid.name
+
+
+def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional[Log] = print) -> list[Path]:
+    """Rebuilds every table and figure of the grid from its records; returns the paths written."""
+    from .figures import FIGURES, write_figures  # seaborn is imported only when a report is drawn
+
+    log = log or (lambda line: None)
+    out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(grid)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = build_frame(grid)
+    missing = missing_runs(grid)
+    methods = [m for m in METHOD_ORDER if m in {run.method for run in expand(grid)[0]}]
+    cells = [(d, r) for d in grid.datasets for r in sorted(grid.rhos, reverse=True)]
+    written: list[Path] = []
+
+    def write(name: str, text: str) -> None:
+        (out / name).write_text(text)
+        written.append(out / name)
+
+    write("runs.csv", frame.to_csv(index=False))
+    if _has_pyarrow():
+        frame.to_parquet(out / "runs.parquet", index=False)
+        written.append(out / "runs.parquet")
+    write("summary.csv", summarize(frame).round({"mean": 4, "std": 4, "delta": 4}).to_csv(index=False))
+    tables = {}
+    for stem, (what, selection) in TABLES.items():
+        make = paper_table if stem.startswith("top1") else shot_table
+        tables[stem] = make(frame, selection=selection, methods=methods, cells=cells)
+        write(f"{stem}.tex", to_latex(tables[stem], f"{grid.name}: {what}, mean ± std over seeds",
+                                      f"tab:{grid.name}-{stem}".replace("_", "-")))
+        write(f"{stem}.csv", to_csv(tables[stem]))
+    if missing:
+        write("missing.txt", "".join(f"{_run_label(r)}  unit {r.unit_id}\n" for r in missing))
+    figures, skipped = write_figures(frame, grid.storage, out)
+    written += figures
+    for note in skipped:
+        log(f"report: skipped {note}")
+    write("report.md", _markdown_report(grid, frame, tables, missing, figures, skipped))
+    _remove_stale(out, written, [*(f"{s}.{e}" for s in TABLES for e in ("tex", "csv")), "missing.txt",
+                                 "runs.parquet", *FIGURES])
+    log(f"report: {len(frame)} of {len(frame) + len(missing)} runs finished; {len(written)} files in {out}")
+    return written
+
+
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _remove_stale(out: Path, written: list[Path], names: list[str]) -> None:
+    # A file an earlier report wrote but this one did not (a figure now without data, a list of runs that
+    # have since finished) would describe records that no longer say so.
+    for name in names:
+        if out / name not in written:
+            (out / name).unlink(missing_ok=True)
+
+
+def _run_label(run: Run) -> str:
+    return (f"{run.dataset} rho{run.rho:g} subset_seed{run.subset_seed} seed{run.seed} "
+            f"{METHOD_NAMES.get(run.method, run.method)}")
+
+
+def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: list[Run], figures: list[Path],
+                     skipped: list[str]) -> str:
+    total = len(frame) + len(missing)
+    parts = [f"# Grid `{grid.name}`\n\n",
+             f"Built from the records in `{grid.storage}` for `{grid.path.name}` alone (no training). "
+             f"{len(frame)} of {total} runs finished. Cells: mean ± std over seeds (ddof=1) with the number "
+             f"of runs n; \"{DASH}\" is a cell without a finished run or a shot split without classes. "
+             "\"paper\" is the published number and Δ = ours − paper"
+             + (" (not shown for cells run on synthetic stand-in data)" if _synthetic_cells(frame) else "")
+             + ". The headline tables take every run's final epoch; faithful mode's own choice (the reference's) "
+             "is the best epoch on test, shown in the tables labelled so.\n"]
+    if missing:
+        parts.append(f"**Missing: {len(missing)} run(s) not finished**, listed in `missing.txt`:\n\n")
+        parts.append("".join(f"- {_run_label(r)} (unit `{r.unit_id}`)\n" for r in missing))
+    for stem, (what, _) in TABLES.items():
+        parts.append(f"\n## {what[0].upper()}{what[1:]}\n\n")
+        parts.append(to_markdown(tables[stem]))
+    sources = sorted(set(load_published()["source"]) & set(summarize(frame)["source"]))
+    if sources:
+        parts.append("\nPublished numbers: " + "; ".join(sources) + ".\n")
+    parts.append("\n## Figures\n\n")
+    parts += [f"- `{p.name}`\n" for p in figures]
+    parts += [f"- skipped: {note}\n" for note in skipped]
+    if not frame.empty:
+        parts.append("\n## Provenance\n\n")
+        for key in PROVENANCE:
+            parts.append(f"- {key.replace('_', ' ')}: {', '.join(sorted(map(str, frame[key].unique())))}\n")
+        wall = frame.drop_duplicates("stage1_unit_id")["stage1_wall_time_s"].sum() + \
+            frame["stage2_wall_time_s"].sum()
+        parts.append(f"- wall time: {wall / 3600:.2f} h over all finished units (a shared stage 1 counted once)\n")
+    return "".join(parts)

@@ -1,0 +1,202 @@
+"""Tables and figures from run records: the tidy frame, mean/std/n cells, empty splits, the published
+comparison, missing runs, the Markdown and LaTeX writers and every figure file.
+
+The records are written by hand in the format drolt.unit.run_stage writes (result.json, metrics.jsonl, done),
+for a CIFAR-100-LT grid (official data: 35/35/30 classes at rho 100, 69/31/0 at rho 10) with two seeds.
+"""
+import json
+import math
+
+import pytest
+
+from drolt.metrics import split_accuracies
+from harness.figures import FIGURES, train_counts
+from harness.grid import expand, load_grid
+from harness.report import (build_frame, format_cell, missing_runs, paper_table, shot_table, summarize,
+                            to_latex, to_markdown, write_report)
+
+GRID = """\
+name: tiny
+storage: runs
+datasets: [cifar100]
+rhos: [100, 10]
+seeds: [0, 1]
+methods: [ce, {name: dro_lt, mode: faithful}, {name: dro_lt, mode: clean}]
+stage1: {epochs: 3, warmup_epochs: 1, lr_decay_epochs: [2]}
+stage2: {epochs: 3, classifier_epochs: 1}
+"""
+# Final-epoch top-1 at rho 100 for seed 0; seed 1 adds 2 (so std = sqrt(2) = 1.41), rho 10 adds 15.
+TOP1 = {"ce": 40.0, "dro_lt_faithful": 47.0, "dro_lt_clean": 45.0}
+SPLIT_OFFSET = {"many": 10.0, "medium": 0.0, "few": -10.0}
+
+
+def _epoch(stage: int, epoch: int, top1: float, counts: list[int], phase: str = "") -> dict:
+    # Per-class accuracy: the split's level around top-1, so the split means are known numbers.
+    per_class = [top1 + SPLIT_OFFSET["many" if n > 100 else "medium" if n >= 20 else "few"] for n in counts]
+    record = {"stage": stage, "epoch": epoch, "lr": 0.1, "train_loss": 1.0, "top1": top1, "top5": top1 + 20,
+              "per_class": per_class, **split_accuracies(per_class, counts), "ncm_top1": top1 - 5,
+              **{f"ncm_{s}": v - 5 for s, v in split_accuracies(per_class, counts).items() if "_n" not in s},
+              "train_images_per_s": 1000.0, "epoch_time": 1.0}
+    if stage == 2:
+        record.update(phase=phase, radii=[1.0 - 0.01 * epoch * (c % 7) for c in range(len(counts))])
+    return record
+
+
+def _write_unit(storage, unit, top1: float, source: str = "official") -> None:
+    data = unit.settings["data"]
+    counts = train_counts(data["dataset"], data["rho"], data["profile"], data["synthetic"])
+    phases = ["feature", "feature", "classifier"]
+    # Best-on-test is the middle epoch (top-1 + 1); the final epoch has `top1`.
+    history = [_epoch(unit.stage, e, t, counts, phases[e]) for e, t in enumerate((top1 - 1, top1 + 1, top1))]
+    folder = storage / unit.id
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    result = {"stage": unit.stage, "selected": "best", "reported": history[1], "last": history[2],
+              "best": history[1], "config": {}, "wall_time_s": 100.0 * unit.stage,
+              "provenance": {"code_version": "abc123", "torch_version": "2.14.1", "device": "cpu (x86_64)",
+                             "precision": "fp32", "data_source": source, "python": "3.11"}}
+    (folder / "result.json").write_text(json.dumps(result))
+    (folder / "done").touch()
+
+
+@pytest.fixture
+def grid(tmp_path):
+    """The tiny grid with every unit finished."""
+    (tmp_path / "tiny.yaml").write_text(GRID)
+    grid = load_grid(tmp_path / "tiny.yaml")
+    runs, units = expand(grid)
+    for run in runs:
+        top1 = TOP1[run.method] + 2 * run.seed + (15 if run.rho == 10 else 0)
+        if not (grid.storage / run.unit_id).exists():
+            _write_unit(grid.storage, units[run.unit_id], top1)
+        if units[run.unit_id].depends_on and not (grid.storage / units[run.unit_id].depends_on).exists():
+            _write_unit(grid.storage, units[units[run.unit_id].depends_on], top1 - 5)
+    return grid
+
+
+def _unfinish(grid, **where) -> None:
+    for run in expand(grid)[0]:
+        if all(getattr(run, k) == v for k, v in where.items()):
+            (grid.storage / run.unit_id / "done").unlink()
+
+
+def test_frame_has_one_row_per_run_with_settings_metrics_wall_times_and_provenance(grid):
+    frame = build_frame(grid)
+    assert len(frame) == 12  # 2 rhos x 2 seeds x 3 methods
+    row = frame[(frame.method == "dro_lt_faithful") & (frame.rho == 100) & (frame.seed == 1)].iloc[0]
+    assert (row.last_top1, row.best_top1, row.best_epoch, row.selected) == (49.0, 50.0, 1, "best")
+    assert (row.last_many_n, row.last_medium_n, row.last_few_n) == (35, 35, 30)
+    assert row.last_many == pytest.approx(59.0) and row.last_ncm_few == pytest.approx(34.0)
+    assert (row.stage1_wall_time_s, row.stage2_wall_time_s) == (100.0, 200.0)  # stage 1 from its own unit
+    assert row.stage1_epochs == 3 and row.stage2_classifier_epochs == 1 and row.stage1_lr_decay_epochs == "[2]"
+    assert (row.code_version, row.device, row.data_source) == ("abc123", "cpu (x86_64)", "official")
+    ce = frame[frame.method == "ce"].iloc[0]
+    assert ce["mode"] == "faithful" and math.isnan(ce.stage2_wall_time_s) and ce.unit_id == ce.stage1_unit_id
+
+
+def test_cells_show_mean_and_sample_std_over_seeds_with_n():
+    assert format_cell(41.0, math.sqrt(2), 2) == "41.00 ± 1.41 (n=2)"
+    assert format_cell(40.0, math.nan, 1) == "40.00 (n=1)"  # one seed: no spread to show
+    assert format_cell(math.nan, math.nan, 0) == "–"
+
+
+def test_table_aggregates_seeds_and_gives_delta_against_published_number(grid):
+    table = paper_table(build_frame(grid))
+    ce = table.loc["CE"]
+    assert ce[("CIFAR-100-LT", "ρ=100", "ours")] == "41.00 ± 1.41 (n=2)"
+    assert ce[("CIFAR-100-LT", "ρ=100", "paper")] == "38.32"
+    assert ce[("CIFAR-100-LT", "ρ=100", "Δ")] == "+2.68"
+    # Both DRO-LT modes compare against the one published DRO-LT number (47.31 at rho 100).
+    assert table.loc["DRO-LT (clean)"][("CIFAR-100-LT", "ρ=100", "Δ")] == "-1.31"
+    assert table.loc["DRO-LT (faithful)"][("CIFAR-100-LT", "ρ=10", "Δ")] == "-0.41"
+    best = paper_table(build_frame(grid), selection="best")
+    assert best.loc["CE"][("CIFAR-100-LT", "ρ=100", "ours")] == "42.00 ± 1.41 (n=2)"
+
+
+def test_empty_shot_split_stays_missing_not_zero(grid):
+    frame = build_frame(grid)
+    stats = summarize(frame).set_index(["rho", "method", "selection", "split"])
+    assert math.isnan(stats.loc[(10.0, "ce", "last", "few"), "mean"])  # 0 few-shot classes at rho 10
+    table = shot_table(frame)
+    assert table.loc[("few", "CE"), ("CIFAR-100-LT", "ρ=10", "ours")] == "–"
+    assert table.loc[("few", "CE"), ("CIFAR-100-LT", "ρ=100", "ours")] == "31.00 ± 1.41 (n=2)"
+    # The published split numbers exist for DRO-LT at rho 100 only.
+    assert table.loc[("many", "DRO-LT (faithful)"), ("CIFAR-100-LT", "ρ=100", "paper")] == "64.70"
+    assert table.loc[("many", "CE"), ("CIFAR-100-LT", "ρ=100", "paper")] == "–"
+
+
+def test_markdown_and_latex_of_a_small_table(grid):
+    frame = build_frame(grid)
+    table = paper_table(frame[frame.rho == 100], methods=["ce", "ldam_drw", "dro_lt_faithful"])
+    assert to_markdown(table) == (
+        "| method | CIFAR-100-LT ρ=100 | paper | Δ |\n"
+        "| :-- | --: | --: | --: |\n"
+        "| CE | 41.00 ± 1.41 (n=2) | 38.32 | +2.68 |\n"
+        "| LDAM-DRW | – | 42.04 | – |\n"
+        "| DRO-LT (faithful) | 48.00 ± 1.41 (n=2) | 47.31 | +0.69 |\n")
+    assert to_latex(table, "top-1 (%), 100% test", "tab:t") == (
+        "\\begin{table}[t]\n"
+        "\\centering\n"
+        "\\caption{top-1 (\\%), 100\\% test}\n"
+        "\\label{tab:t}\n"
+        "\\begin{tabular}{lrrr}\n"
+        "\\toprule\n"
+        " & \\multicolumn{3}{c}{CIFAR-100-LT, $\\rho$=100} \\\\\n"
+        "\\cmidrule(lr){2-4}\n"
+        "Method & ours & paper & $\\Delta$ \\\\\n"
+        "\\midrule\n"
+        "CE & 41.00 $\\pm$ 1.41 (n=2) & 38.32 & +2.68 \\\\\n"
+        "LDAM-DRW & -- & 42.04 & -- \\\\\n"
+        "DRO-LT (faithful) & 48.00 $\\pm$ 1.41 (n=2) & 47.31 & +0.69 \\\\\n"
+        "\\bottomrule\n"
+        "\\end{tabular}\n"
+        "\\end{table}\n")
+
+
+def test_report_writes_tables_frame_and_every_figure(grid, tmp_path):
+    notes = []
+    paths = write_report(grid, tmp_path / "out", log=notes.append)
+    names = {p.name for p in paths}
+    assert {"runs.csv", "summary.csv", "report.md", "top1_last.tex", "shots_best.csv"} <= names
+    assert "missing.txt" not in names
+    for name in FIGURES:
+        png = (tmp_path / "out" / name).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000, name
+    assert not any("skipped" in n for n in notes)
+    runs = (tmp_path / "out" / "runs.csv").read_text().splitlines()
+    assert len(runs) == 13 and "unit_id" in runs[0]
+    assert "| CE | 41.00 ± 1.41 (n=2) | 38.32 | +2.68 |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_partial_grid_reports_what_exists_and_lists_what_is_missing(grid, tmp_path):
+    _unfinish(grid, method="dro_lt_clean", rho=100.0)
+    _unfinish(grid, method="dro_lt_clean", rho=10.0, seed=1)
+    assert len(missing_runs(grid)) == 3
+    write_report(grid, tmp_path / "out", log=None)
+    missing = (tmp_path / "out" / "missing.txt").read_text().splitlines()
+    assert len(missing) == 3 and all("DRO-LT (clean)" in line for line in missing)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Missing: 3 run(s) not finished" in report
+    assert "| DRO-LT (clean) | – | 47.31 | – | 60.00 (n=1) | 63.41 | -3.41 |" in report
+    # Once the runs finish, a rebuilt report no longer claims anything is missing.
+    for run in expand(grid)[0]:
+        (grid.storage / run.unit_id / "done").touch()
+    write_report(grid, tmp_path / "out", log=None)
+    assert not (tmp_path / "out" / "missing.txt").exists()
+
+
+def test_figures_without_data_are_skipped_and_named(grid, tmp_path):
+    _unfinish(grid, method="dro_lt_faithful")
+    _unfinish(grid, method="dro_lt_clean")
+    notes = []
+    paths = write_report(grid, tmp_path / "out", log=notes.append)
+    assert "radii.png" not in {p.name for p in paths}
+    assert any("radii.png: no finished DRO-LT run" in n for n in notes)
+    assert "skipped: radii.png" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_runs_on_synthetic_data_get_no_published_comparison(grid):
+    frame = build_frame(grid).assign(data_source="synthetic")
+    table = paper_table(frame)
+    assert [c[2] for c in table.columns] == ["ours", "ours"]
+    assert summarize(frame)["delta"].isna().all()
