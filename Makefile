@@ -1,4 +1,5 @@
-# Two entry points: `make run` (the main job) and `make test` (the test suite). Both set up what they need.
+# Two entry points: `make run` (the main job: the smoke grid) and `make test` (the test suite).
+# Both set up what they need.
 PYTHON ?= python3
 STAMP := .cache/installed
 
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	drolt train --config experiments/train_smoke.yaml
+	drolt run experiments/smoke.yaml
 
 test: $(STAMP)
 	$(PYTHON) -m pytest
