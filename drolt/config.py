@@ -121,6 +121,12 @@ def from_dict(cls: type, values: dict[str, Any] | None, where: str = "") -> Any:
 
 
 def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 2e-4 (no dot before the exponent) as a string; accept what float() accepts.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = {bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,9 +88,15 @@ def load_data(cfg: DataConfig) -> LongTailData:
         return load_long_tail(cfg.dataset, root, cfg.rho, cfg.profile, cfg.subset_seed, cfg.download)
     folder = root / f"synthetic-{cfg.dataset}-{cfg.synthetic}"
     if not (folder / "done").exists():
-        write_synthetic_cifar(folder, cfg.dataset, train_per_class=cfg.synthetic,
+        # Written beside and renamed into place, so a concurrent reader never sees half-written files.
+        tmp = root / f".{folder.name}.{os.getpid()}.tmp"
+        write_synthetic_cifar(tmp, cfg.dataset, train_per_class=cfg.synthetic,
                               test_per_class=max(10, cfg.synthetic // 10), seed=0)
-        (folder / "done").touch()
+        (tmp / "done").touch()
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first: its copy is identical
+            shutil.rmtree(tmp)
     with warnings.catch_warnings():
         # Generated files never match the official md5 sums; the source field says what they are instead.
         warnings.simplefilter("ignore", UnofficialDataWarning)
@@ -148,6 +157,20 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
     write_json(folder / "result.json", summary)
     (folder / "done").touch()
     return summary
+
+
+def epochs_done(folder: Path) -> int:
+    """Returns how many epochs the unit's metrics.jsonl records."""
+    try:
+        return sum(1 for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def record_failure(folder: Path, err: BaseException, epoch: Optional[int] = None) -> None:
+    """Writes error.json: the exception, the epoch reached and the traceback."""
+    write_json(folder / "error.json", {"type": type(err).__name__, "message": str(err), "epochs_done": epoch,
+                                       "traceback": traceback.format_exception(err)})
 
 
 def stage1_handoff(folder: Path, cfg: Stage1Config) -> Path:

@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 import yaml
 
-from drolt.config import (DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config, from_dict)
-from drolt.unit import METHODS
+from drolt.config import DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config, from_dict
+from drolt.data import long_tail_counts
+from drolt.unit import METHODS, UnitConfig, unit_from_dict
 
 GRID_KEYS = {
     "name": "a short name for the grid (results go to results/<name>/)",
@@ -51,6 +52,14 @@ class Unit:
     settings: dict              # resolved: {"method", "data", "stage1"[, "stage2", "stage1_unit", "handoff"]}
     label: str                  # for people: "cifar10 rho100 s0 ce seed0"
     depends_on: Optional[str] = None
+
+    def drolt_settings(self) -> dict:
+        """Returns the settings drolt.unit.unit_from_dict takes (method, data, stage1[, stage2])."""
+        return {k: self.settings[k] for k in ("method", "data", "stage1", "stage2") if k in self.settings}
+
+    def config(self) -> UnitConfig:
+        """Returns the drolt settings this unit trains with."""
+        return unit_from_dict(self.drolt_settings(), where=f"unit {self.id}")
 
 
 @dataclass(frozen=True)
@@ -132,9 +141,24 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
                 max_failures=_typed(raw, "max_failures", int, 2))
     if grid.max_failures < 0:
         raise GridError(f"max_failures must be >= 0; got {grid.max_failures}")
+    # Checked here too, so a typo under stage2 is caught even when no method has a stage 2.
+    _checked(Stage2Config, {**grid.stage2, "mode": "faithful"}, "stage2")
+    _check_class_sizes(grid)
     grid.cpus, grid.gpus = _resources(raw.get("resources", {}))
     expand(grid)  # resolves every unit's settings, so bad stage overrides stop here, before any work
     return grid
+
+
+def _check_class_sizes(grid: Grid) -> None:
+    """Rejects an imbalance factor that would leave a class without a single training image."""
+    for dataset in grid.datasets:
+        num_classes = 10 if dataset == "cifar10" else 100
+        n_max = grid.data.synthetic or 50000 // num_classes
+        for rho in grid.rhos:
+            if min(long_tail_counts(num_classes, n_max, 1 / rho, grid.profile)) < 1:
+                what = f"data.synthetic: {n_max} images per class" if grid.data.synthetic else f"{dataset}"
+                raise GridError(f"rhos: {rho:g} leaves a class of {dataset} without training images with "
+                                f"{what}; use rhos <= {n_max} or more images per class")
 
 
 def _typed(raw: dict, key: str, kind: type, default: Any = ...) -> Any:

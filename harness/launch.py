@@ -16,7 +16,9 @@ from typing import Callable, Iterator, Optional
 
 from .grid import Grid, Unit
 from .plan import Plan, make_plan
-from .storage import prepare, read_state, record_failure
+from drolt.unit import record_failure
+
+from .storage import prepare, read_state
 
 Log = Callable[[str], None]
 
@@ -57,9 +59,9 @@ def storage_lock(storage: Path) -> Iterator[None]:
 
 def start_ray(address: Optional[str], log: Log) -> None:
     """Connects to the cluster at `address`, or starts a private local Ray instance."""
-    if not address:
-        # Ray 2.60 turns token authentication on for local instances anyway; saying so silences its warning.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Ray 2.60 clusters (local or `ray start --head`) use token authentication by default; a driver must say
+    # so before importing Ray. RAY_AUTH_MODE=disabled in the environment opts out.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # failures are summarised from the unit folders
     if ray.is_initialized():
@@ -72,7 +74,8 @@ def start_ray(address: Optional[str], log: Log) -> None:
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise LaunchError(f"cannot connect to the Ray cluster at {address}: {err}. Start one with "
                               "`ray start --head` and pass the address it prints, or drop --address to run "
-                              "locally") from err
+                              "locally. If the cluster uses another token (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) "
+                              "or no authentication (RAY_AUTH_MODE=disabled), set the same here") from err
         log(f"connected to Ray cluster at {address}")
     else:
         ray.init(address="local", **({"_node_ip_address": node_ip} if node_ip else {}), **kwargs)
@@ -98,6 +101,24 @@ def trial_resources(grid: Grid, log: Log) -> dict:
     return {"cpu": cpus, "gpu": gpus}
 
 
+def prepare_data(plan: Plan, log: Log) -> None:
+    """Locates (downloads, or writes the synthetic stand-in for) every dataset once, on the driver.
+
+    Trials then only read: no two trials download or write the same files at once.
+    """
+    from drolt.unit import load_data
+    seen = set()
+    for unit in plan.units.values():
+        if plan.states[unit.id].status == "done":
+            continue
+        cfg = unit.config().data
+        key = (cfg.dataset, cfg.synthetic, cfg.root)
+        if key not in seen:
+            seen.add(key)
+            data = load_data(cfg)
+            log(f"data: {cfg.dataset} from {cfg.root} ({data.source})")
+
+
 def _epochs(unit: Unit) -> int:
     key = "stage1" if unit.stage == 1 else "stage2"
     return int(unit.settings[key]["epochs"])
@@ -115,7 +136,8 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
     progress = GridProgress(units, plan.count("done"), len(plan.units), _epochs, grid.storage, started, log, every)
     tuner = tune.Tuner(
         tune.with_resources(train_unit, resources),
-        param_space={"unit": tune.grid_search([dataclasses.asdict(u) for u in units]),
+        param_space={"unit": tune.grid_search([{**dataclasses.asdict(u), "drolt": u.drolt_settings()}
+                                               for u in units]),
                      "storage": str(grid.storage)},
         tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["unit"]["id"],
                                     trial_dirname_creator=lambda t: t.config["unit"]["id"]),
@@ -140,6 +162,7 @@ def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every:
             return plan
         start_ray(address, log)
         resources = trial_resources(grid, log)
+        prepare_data(plan, log)
         for stage in (1, 2):
             plan = make_plan(grid)
             todo = [u for u in plan.todo(stage) if u.depends_on is None or plan.states[u.depends_on].status == "done"]

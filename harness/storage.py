@@ -10,14 +10,12 @@
 from __future__ import annotations
 
 import json
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
 import yaml
 
-from drolt.checkpoint import read_json, write_json
+from drolt.checkpoint import read_json
+from drolt.unit import epochs_done
 
 from .grid import Unit
 
@@ -43,24 +41,17 @@ def read_state(storage: Path, unit: Unit) -> UnitState:
     """Returns what the unit's folder says about it."""
     folder = unit_dir(storage, unit.id)
     if (folder / "done").exists():
-        return UnitState("done", _epochs(folder))
+        return UnitState("done", epochs_done(folder))
     if (folder / "error.json").exists():
         try:
             error = read_json(folder / "error.json")
             detail = f"{error.get('type', 'error')}: {error.get('message', '')}"
         except (OSError, ValueError):
             detail = "error.json is unreadable"
-        return UnitState("failed", _epochs(folder), detail)
+        return UnitState("failed", epochs_done(folder), detail)
     if (folder / "state.pt").exists():
-        return UnitState("partial", _epochs(folder))
+        return UnitState("partial", epochs_done(folder))
     return UnitState("pending")
-
-
-def _epochs(folder: Path) -> int:
-    try:
-        return sum(1 for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip())
-    except OSError:
-        return 0
 
 
 def prepare(storage: Path, unit: Unit) -> Path:
@@ -71,12 +62,6 @@ def prepare(storage: Path, unit: Unit) -> Path:
     (folder / "unit.yaml").write_text(yaml.safe_dump({"id": unit.id, "label": unit.label, **unit.settings},
                                                      sort_keys=False))
     return folder
-
-
-def record_failure(folder: Path, err: BaseException, epoch: Optional[int] = None) -> None:
-    """Writes error.json: the exception, the epoch reached and the traceback."""
-    write_json(folder / "error.json", {"type": type(err).__name__, "message": str(err), "epochs_done": epoch,
-                                       "traceback": traceback.format_exception(err)})
 
 
 def read_result(storage: Path, unit_id: str) -> dict:

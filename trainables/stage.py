@@ -5,21 +5,27 @@ a re-run after the driver died and another grid sharing the storage all resume f
 """
 from __future__ import annotations
 
+import fcntl
 import math
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import ray
 import torch
 from ray import tune
 
 from drolt.checkpoint import load_state
+from drolt.data import DataError
 from drolt.training import TrainingDiverged
-from drolt.unit import load_data, run_stage, unit_from_dict
-from harness.storage import record_failure
+from drolt.unit import epochs_done, load_data, record_failure, run_stage, unit_from_dict
 
 # Per-class lists and radii stay in metrics.jsonl; Ray gets the scalars.
 _SCALARS = ("epoch", "lr", "train_loss", "loss", "ce_loss", "robust_loss", "top1", "top5", "many", "medium",
             "few", "ncm_top1", "epoch_time")
+# Failures that a retry would only repeat: recorded once, the trial ends without asking Ray to retry.
+_DETERMINISTIC = (TrainingDiverged, DataError, ValueError)
 
 
 def trial_device() -> torch.device:
@@ -29,35 +35,49 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
+@contextmanager
+def unit_lock(folder: Path, wait_s: float = 120.0) -> Iterator[None]:
+    """Holds the unit's lock. A worker orphaned by a killed driver can outlive it by seconds: wait for it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as f:
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"unit folder {folder} stayed locked by another process for {wait_s:.0f}s; "
+                                       "is another drolt run training it?") from None
+                time.sleep(0.5)
+        yield
+
+
 def _metrics(record: dict) -> dict:
     return {k: record[k] for k in _SCALARS if k in record and not (isinstance(record[k], float)
                                                                     and math.isnan(record[k]))}
 
 
 def train_unit(config: dict) -> None:
-    """Runs the unit described by config["unit"] into <config["storage"]>/<unit id>/."""
+    """Runs one unit into <storage>/<unit id>/.
+
+    config = {"unit": {"id", "stage", "settings", "depends_on", "drolt": the settings drolt takes (method,
+    data, stage1[, stage2])}, "storage": absolute path of the storage folder}.
+    """
     unit, storage = config["unit"], Path(config["storage"])
     folder = storage / unit["id"]
-    settings = unit["settings"]
-    cfg = unit_from_dict({"method": settings["method"], "data": settings["data"], "stage1": settings["stage1"],
-                          "stage2": settings.get("stage2")}, where=f"unit {unit['id']}")
-    device = trial_device()
-    epochs = []
-    try:
-        data = load_data(cfg.data).to(device)
-        weights = None
-        if unit["stage"] == 2:
-            weights = load_state(storage / unit["depends_on"] / f"model_{settings['handoff']}.pt")
-
-        def report(record: dict) -> None:
-            epochs.append(record["epoch"])
-            tune.report(_metrics(record))
-
-        run_stage(unit["stage"], cfg, data, device, folder, log=lambda line: print(line, flush=True),
-                  stage1_weights=weights, report=report)
-    except TrainingDiverged as err:
-        # Deterministic: a retry would diverge again. Record it and end the trial normally.
-        record_failure(folder, err, epochs[-1] + 1 if epochs else None)
-    except Exception as err:
-        record_failure(folder, err, epochs[-1] + 1 if epochs else None)
-        raise
+    with unit_lock(folder):
+        try:
+            cfg = unit_from_dict(unit["drolt"], where=f"unit {unit['id']}")
+            device = trial_device()
+            data = load_data(cfg.data).to(device)
+            weights = None
+            if unit["stage"] == 2:
+                weights = load_state(storage / unit["depends_on"] / f"model_{unit['settings']['handoff']}.pt")
+            run_stage(unit["stage"], cfg, data, device, folder, log=lambda line: print(line, flush=True),
+                      stage1_weights=weights, report=lambda record: tune.report(_metrics(record)))
+        except _DETERMINISTIC as err:
+            record_failure(folder, err, epochs_done(folder))
+        except Exception as err:
+            record_failure(folder, err, epochs_done(folder))
+            raise

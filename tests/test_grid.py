@@ -1,0 +1,291 @@
+"""Grid files without Ray: validation before any work, unit identity and sharing, `drolt run --dry-run` and
+`drolt status` read from a storage folder."""
+import json
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.grid import GridError, expand, load_grid
+from harness.launch import storage_lock
+
+BASE = {"name": "t", "storage": "runs", "data": {"root": "data", "synthetic": 20}, "datasets": ["cifar10"],
+        "rhos": [10], "seeds": [0], "methods": ["ce", {"name": "dro_lt", "mode": "faithful"}],
+        "stage1": {"epochs": 2}, "stage2": {"epochs": 2, "classifier_epochs": 1}}
+DROP = object()  # a change that removes the key
+
+
+def _write(path, change=None, base=BASE):
+    """Writes BASE with the top-level keys of `change` replaced (DROP removes one); returns the path."""
+    grid = {k: v for k, v in {**base, **(change or {})}.items() if v is not DROP}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def _units(grid):
+    return expand(grid)[1]
+
+
+def _by_label(grid):
+    return {u.label: u for u in _units(grid).values()}
+
+
+# (change to BASE, words the message must hold: the key, the bad value and/or what is allowed)
+INVALID = {
+    "unknown_top_level_key": ({"epochs": 10}, ["'epochs'", "allowed", "datasets", "stage1"]),
+    "missing_required_key": ({"seeds": DROP}, ["missing", "seeds"]),
+    "name_not_a_string": ({"name": 5}, ["name", "str", "5"]),
+    "seeds_not_a_list": ({"seeds": 0}, ["seeds", "list"]),
+    "seeds_empty": ({"seeds": []}, ["seeds", "non-empty", "[]"]),
+    "seeds_bool": ({"seeds": [True]}, ["seeds", "True"]),
+    "seeds_listed_twice": ({"seeds": [0, 0]}, ["seeds", "twice"]),
+    "subset_seeds_empty": ({"subset_seeds": []}, ["subset_seeds", "non-empty"]),
+    "rho_below_one": ({"rhos": [10, 0.5]}, ["rhos", ">= 1", "0.5"]),
+    "rho_a_string": ({"rhos": ["10"]}, ["rhos", "'10'"]),
+    "unknown_dataset": ({"datasets": ["cifar1000"]}, ["datasets", "cifar1000", "cifar10, cifar100"]),
+    "unknown_profile": ({"profile": "linear"}, ["profile", "linear", "exp, step"]),
+    "unknown_method": ({"methods": ["focal"]}, ["methods[0].name", "focal", "ce, ldam_drw, dro_lt"]),
+    "mode_typo": ({"methods": [{"name": "dro_lt", "mode": "faithfull"}]},
+                  ["methods[0].mode", "faithfull", "faithful, clean"]),
+    "method_unknown_key": ({"methods": [{"name": "ce", "lr": 0.1}]}, ["methods[0]", "'lr'", "allowed", "stage1"]),
+    "method_listed_twice": ({"methods": ["ce", "ce"]}, ["same method", "ce"]),
+    "dro_lt_listed_twice_once_by_default_mode": ({"methods": [{"name": "dro_lt"}, {"name": "dro_lt", "mode": "faithful"}]},
+                                                 ["same method", "dro_lt_faithful"]),
+    "stage2_settings_on_a_stage1_method": ({"methods": [{"name": "ce", "stage2": {"epochs": 3}}]},
+                                           ["ce has no stage 2", "stage2"]),
+    "stage2_override_typo": ({"stage2": {"temprature": 1}}, ["'temprature'", "stage2", "allowed", "temperature"]),
+    "method_stage1_override_typo": ({"methods": [{"name": "ce", "stage1": {"epoch": 3}}]},
+                                    ["'epoch'", "stage1", "allowed", "epochs"]),
+    "stage1_setting_wrong_type": ({"stage1": {"epochs": "ten"}}, ["'epochs'", "int", "ten"]),
+    "stage1_zero_epochs": ({"stage1": {"epochs": 0}}, ["epochs", "> 0", "0"]),
+    "stage2_classifier_epochs_over_epochs": ({"stage2": {"epochs": 2, "classifier_epochs": 3}},
+                                             ["classifier_epochs", "3", "epochs"]),
+    "seed_set_in_a_stage_override": ({"stage1": {"seed": 3}}, ["stage1.seed", "seeds"]),
+    "mode_set_in_a_stage_override": ({"stage2": {"mode": "clean"}}, ["stage2.mode", "mode"]),
+    "resources_unknown_key": ({"resources": {"gpu": 1}}, ["resources", "cpus", "gpus", "'gpu'"]),
+    "resources_zero_cpus": ({"resources": {"cpus": 0}}, ["resources.cpus", "> 0"]),
+    "resources_negative_gpus": ({"resources": {"gpus": -1}}, ["resources.gpus", ">= 0", "-1"]),
+    "resources_gpus_fraction_over_one": ({"resources": {"gpus": 1.5}}, ["resources.gpus", "1.5", "fraction"]),
+    "resources_cpus_a_string": ({"resources": {"cpus": "2"}}, ["resources.cpus", "number", "'2'"]),
+    "data_unknown_key": ({"data": {"rooot": "x"}}, ["'rooot'", "data", "allowed", "root"]),
+    "data_axis_set_under_data": ({"data": {"rho": 10}}, ["data.rho", "rhos"]),
+    "data_download_not_bool": ({"data": {"download": "yes"}}, ["download", "bool", "yes"]),
+    "data_synthetic_negative": ({"data": {"synthetic": -1}}, ["synthetic", ">= 0", "-1"]),
+    "allow_cpu_fallback_not_bool": ({"allow_cpu_fallback": "yes"}, ["allow_cpu_fallback", "bool", "yes"]),
+    "max_failures_negative": ({"max_failures": -1}, ["max_failures", ">= 0", "-1"]),
+}
+
+
+@pytest.mark.parametrize("change,words", INVALID.values(), ids=INVALID.keys())
+def test_invalid_grid_is_rejected_with_a_message_naming_the_key_and_what_is_allowed(tmp_path, change, words):
+    with pytest.raises(GridError) as err:
+        load_grid(_write(tmp_path / "grid.yaml", change))
+    for word in words:
+        assert word in str(err.value), f"{word!r} missing from: {err.value}"
+
+
+def test_stage2_typo_is_rejected_even_when_no_method_has_a_stage_2(tmp_path):
+    # Otherwise the typo is silently ignored until someone adds dro_lt to the grid.
+    path = _write(tmp_path / "grid.yaml", {"methods": ["ce"], "stage2": {"temprature": 1}})
+    with pytest.raises(GridError, match="temprature"):
+        load_grid(path)
+
+
+def test_synthetic_set_too_small_for_rho_is_rejected_at_load(tmp_path):
+    # 20 images per class at rho 100 leaves the tail classes empty: every trial would fail on Ray instead.
+    path = _write(tmp_path / "grid.yaml", {"rhos": [100]})
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert "synthetic" in str(err.value) and "rho" in str(err.value)
+
+
+def test_float_written_as_2e_4_is_read_as_a_number(tmp_path):
+    # PyYAML reads `2e-4` (no dot) and `1.0e30` (unsigned exponent) as text; people write settings that way.
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: t\ndatasets: [cifar10]\nrhos: [10]\nseeds: [0]\nmethods: [ce]\n"
+                    "stage1: {weight_decay: 2e-4, lr: 1.0e-1}\n")
+    (unit,) = _units(load_grid(path)).values()
+    assert unit.settings["stage1"]["weight_decay"] == 2e-4 and unit.settings["stage1"]["lr"] == 0.1
+
+
+def test_invalid_grid_stops_drolt_run_and_status_with_exit_code_2(tmp_path, capsys):
+    path = _write(tmp_path / "grid.yaml", {"methods": [{"name": "dro_lt", "mode": "faithfull"}]})
+    assert main(["run", str(path)]) == 2
+    assert "faithfull" in capsys.readouterr().err
+    assert main(["status", str(path)]) == 2
+    assert "faithful, clean" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # rejected before any work
+
+
+def test_the_same_unit_in_two_grid_files_sharing_storage_has_the_same_id(tmp_path):
+    small = load_grid(_write(tmp_path / "a" / "small.yaml", {"name": "small", "storage": "../shared",
+                                                               "methods": ["ce"]}))
+    big = load_grid(_write(tmp_path / "b" / "big.yaml", {"name": "big", "storage": "../shared", "seeds": [0, 1],
+                                                           "rhos": [10, 5], "methods": ["ldam_drw", "ce"]}))
+    assert small.storage == big.storage
+    (ce,) = _units(small).values()
+    assert _by_label(big)[ce.label].id == ce.id
+    assert ce.id in _units(big)
+
+
+def test_unit_id_ignores_key_order_and_int_versus_float_rho(tmp_path):
+    grid = load_grid(_write(tmp_path / "grid.yaml"))
+    reordered = dict(reversed(list(BASE.items())))
+    same = load_grid(_write(tmp_path / "other.yaml", {"rhos": [10.0], "stage1": {"epochs": 2}}, base=reordered))
+    assert set(_units(grid)) == set(_units(same))
+
+
+def test_ce_and_both_dro_lt_modes_share_one_stage1_unit(tmp_path):
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"methods": ["ce", {"name": "dro_lt", "mode": "faithful"},
+                                                                 {"name": "dro_lt", "mode": "clean"}, "ldam_drw"]}))
+    runs, units = expand(grid)
+    assert len(runs) == 4
+    stage1 = [u for u in units.values() if u.stage == 1]
+    stage2 = [u for u in units.values() if u.stage == 2]
+    assert len(stage1) == 2 and len(stage2) == 2  # CE (shared) and LDAM-DRW; DRO-LT faithful and clean
+    ce_run = next(r for r in runs if r.method == "ce")
+    assert {u.depends_on for u in stage2} == {ce_run.unit_id}
+    assert {u.settings["handoff"] for u in stage2} == {"best", "last"}
+    ldam_run = next(r for r in runs if r.method == "ldam_drw")
+    assert ldam_run.unit_id != ce_run.unit_id and units[ldam_run.unit_id].settings["method"] == "ldam_drw"
+
+
+def test_stage2_unit_depends_on_its_own_stage1_unit(tmp_path):
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"seeds": [0, 1], "rhos": [10, 5],
+                                                     "methods": [{"name": "dro_lt", "mode": "clean"}]}))
+    units = _units(grid)
+    for unit in units.values():
+        if unit.stage == 2:
+            parent = units[unit.depends_on]
+            assert parent.stage == 1 and unit.settings["stage1_unit"] == parent.id
+            assert parent.settings["data"] == unit.settings["data"]
+            assert parent.settings["stage1"]["seed"] == unit.settings["stage2"]["seed"]
+    assert len({u.depends_on for u in units.values() if u.stage == 2}) == 4  # one per rho x seed
+
+
+def test_stage1_units_come_before_the_stage2_units_that_need_them(tmp_path):
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"seeds": [0, 1]}))
+    order = list(_units(grid))
+    for position, unit in enumerate(_units(grid).values()):
+        if unit.depends_on:
+            assert order.index(unit.depends_on) < position
+
+
+@pytest.mark.parametrize("change,stage1_changes,stage2_changes", [
+    ({"stage1": {"epochs": 3}}, True, True),
+    ({"stage1": {"epochs": 2, "lr": 0.05}}, True, True),
+    ({"stage2": {"epochs": 2, "classifier_epochs": 1, "temperature": 0.5}}, False, True),
+    ({"data": {"root": "data", "synthetic": 30}}, True, True),
+    ({"profile": "step"}, True, True),
+    ({"subset_seeds": [1]}, True, True),
+    ({"data": {"root": "/somewhere/else", "synthetic": 20, "download": True}}, False, False),
+    ({"storage": "elsewhere", "resources": {"cpus": 2, "gpus": 0.5}, "max_failures": 0, "name": "renamed"},
+     False, False),
+], ids=["stage1_epochs", "stage1_lr", "stage2_temperature", "synthetic_size", "profile", "subset_seed",
+        "data_root_and_download", "storage_resources_retries_name"])
+def test_unit_id_changes_with_the_work_and_only_with_it(tmp_path, change, stage1_changes, stage2_changes):
+    before = list(_units(load_grid(_write(tmp_path / "a.yaml"))).values())
+    after = list(_units(load_grid(_write(tmp_path / "b.yaml", change))).values())
+    assert len(before) == len(after)
+    for old, new in zip(before, after):  # expand() lists units in a fixed order
+        assert (new.id != old.id) == (stage1_changes if old.stage == 1 else stage2_changes), old.label
+
+
+def test_method_override_changes_only_that_methods_units(tmp_path):
+    before = _by_label(load_grid(_write(tmp_path / "a.yaml", {"methods": ["ce", "ldam_drw"]})))
+    after = _by_label(load_grid(_write(tmp_path / "b.yaml", {"methods": ["ce", {"name": "ldam_drw",
+                                                                                 "stage1": {"lr": 0.05}}]})))
+    assert {label for label in before if after[label].id != before[label].id} == {
+        label for label in before if "ldam_drw" in label}
+
+
+def _fake(storage, unit_id, *, done=False, epochs=0, error=None, state=False):
+    folder = storage / unit_id
+    folder.mkdir(parents=True)
+    if epochs:
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(epochs)))
+    if state:
+        (folder / "state.pt").write_bytes(b"fake")
+    if error:
+        (folder / "error.json").write_text(json.dumps({"type": error[0], "message": error[1], "epochs_done": epochs}))
+    if done:
+        (folder / "done").touch()
+
+
+def test_dry_run_prints_units_to_run_and_done_and_writes_nothing(tmp_path, capsys):
+    path = _write(tmp_path / "grid.yaml", {"methods": ["ce", {"name": "dro_lt", "mode": "faithful"},
+                                                        {"name": "dro_lt", "mode": "clean"}]})
+    grid = load_grid(path)
+    (stage1,) = [u for u in _units(grid).values() if u.stage == 1]
+    _fake(grid.storage, stage1.id, done=True, epochs=2)
+
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs backed by 3 units (1 stage-1, 2 stage-2)" in out
+    assert "1 done (reused, not run)" in out and "2 to run" in out
+    assert f"{stage1.id}  {stage1.label}" in out
+    assert sorted(p.name for p in grid.storage.iterdir()) == [stage1.id]
+
+    assert main(["run", str(path), "--dry-run", "--storage", str(tmp_path / "fresh")]) == 0
+    out = capsys.readouterr().out
+    assert "3 to run" in out and "done" not in out
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_dry_run_lists_interrupted_units_with_their_epoch_and_failed_ones_with_their_reason(tmp_path, capsys):
+    path = _write(tmp_path / "grid.yaml", {"methods": ["ce", "ldam_drw"], "stage1": {"epochs": 5}})
+    grid = load_grid(path)
+    units = _by_label(grid)
+    ce, ldam = units["cifar10 rho10 s0 seed0 stage1 ce"], units["cifar10 rho10 s0 seed0 stage1 ldam_drw"]
+    _fake(grid.storage, ce.id, epochs=3, state=True)
+    _fake(grid.storage, ldam.id, epochs=1, error=("TrainingDiverged", "stage 1 epoch 1: training loss is nan"))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 to resume" in out and f"{ce.id}  {ce.label} after epoch 3" in out
+    assert "1 failed before (to retry)" in out
+    assert f"{ldam.id}  {ldam.label}: TrainingDiverged: stage 1 epoch 1: training loss is nan" in out
+
+
+def _status_grid(tmp_path):
+    path = _write(tmp_path / "grid.yaml", {"seeds": [0, 1], "methods": ["ce", "ldam_drw", "dro_lt"],
+                                           "stage1": {"epochs": 4}})
+    grid = load_grid(path)
+    units = _by_label(grid)
+    label = "cifar10 rho10 s0 seed{} {}"
+    _fake(grid.storage, units[label.format(0, "stage1 ce")].id, done=True, epochs=4)
+    _fake(grid.storage, units[label.format(0, "stage1 ldam_drw")].id, epochs=2,
+          error=("TrainingDiverged", "stage 1 epoch 2: training loss is nan; lower the learning rate"))
+    _fake(grid.storage, units[label.format(1, "stage1 ce")].id, epochs=1, state=True)
+    return path, grid, units, label
+
+
+def _status_lines(out, units):
+    """Returns {unit label: its status line} from `drolt status` output."""
+    return {label: next(line for line in out.splitlines() if unit.id in line) for label, unit in units.items()}
+
+
+def test_status_shows_done_failed_with_reason_interrupted_waiting_and_pending(tmp_path, capsys):
+    path, grid, units, label = _status_grid(tmp_path)
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = _status_lines(out, units)
+    assert "no run in progress" in out.splitlines()[0]
+    assert lines[label.format(0, "stage1 ce")].split()[:2] == ["done", "4/4"]
+    failed = lines[label.format(0, "stage1 ldam_drw")]
+    assert failed.split()[:2] == ["failed", "2/4"]
+    assert "TrainingDiverged: stage 1 epoch 2: training loss is nan" in failed
+    assert lines[label.format(1, "stage1 ce")].split()[:2] == ["interrupted", "1/4"]
+    assert lines[label.format(0, "stage2 dro_lt faithful")].split()[:2] == ["pending", "0/2"]   # stage 1 is done
+    assert lines[label.format(1, "stage2 dro_lt faithful")].split()[:2] == ["waiting", "0/2"]   # stage 1 is not
+    assert lines[label.format(1, "stage1 ldam_drw")].split()[0] == "pending"
+    assert out.splitlines()[-1] == "total: 1 done, 1 failed, 1 interrupted, 2 pending, 1 waiting of 6 units"
+
+
+def test_status_says_running_while_a_drolt_run_holds_the_storage(tmp_path, capsys):
+    path, grid, units, label = _status_grid(tmp_path)
+    with storage_lock(grid.storage):
+        assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "a `drolt run` is in progress (pid" in out.splitlines()[0]
+    assert _status_lines(out, units)[label.format(1, "stage1 ce")].split()[0] == "running"

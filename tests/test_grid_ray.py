@@ -1,0 +1,390 @@
+"""Grids on a real Ray instance (loopback only): fractional-GPU packing, the no-GPU stop, re-runs that train
+nothing, failures recorded while the others finish, resume after the driver is SIGKILLed, and an existing
+cluster started with `ray start --head`.
+
+Select with `pytest -m ray`. In-process tests share one private Ray instance; the driver-kill and cluster
+tests run `drolt run` as subprocesses in their own sessions and end every process they leave by its pid.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import yaml
+
+from drolt.checkpoint import load_state
+from drolt.config import DataConfig
+from drolt.unit import load_data
+from harness.cli import main
+from harness.grid import expand, load_grid
+from harness.launch import LaunchError, run_grid
+from harness.storage import read_state
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+NODE_IP = "127.0.0.2"
+# No usage stats, Ray's cloud-metadata probes sent to a closed loopback port, and a token so Ray 2.60's
+# default token authentication does not warn.
+LOOPBACK = {"RAY_USAGE_STATS_ENABLED": "0", "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+            "no_proxy": "localhost,127.0.0.1,127.0.0.2", "DROLT_RAY_NODE_IP": NODE_IP, "RAY_AUTH_MODE": "token"}
+TINY = {"name": "tiny", "storage": "runs", "datasets": ["cifar10"], "rhos": [10], "seeds": [0], "methods": ["ce"],
+        "stage1": {"epochs": 2, "batch_size": 32, "warmup_epochs": 1},
+        "stage2": {"epochs": 2, "classifier_epochs": 1, "batch_size": 64},
+        "resources": {"cpus": 0.5}}
+
+
+class LocalRay:
+    """This module's private in-process Ray instance; restarted only when a test needs another GPU count."""
+
+    def __init__(self, temp_dir: Path):
+        self.temp_dir, self.num_gpus = temp_dir, None
+
+    def start(self, num_gpus: int) -> None:
+        import ray
+        if ray.is_initialized() and self.num_gpus == num_gpus:
+            return
+        self.stop()
+        ray.init(address="local", _node_ip_address=NODE_IP, num_cpus=2, num_gpus=num_gpus, include_dashboard=False,
+                 log_to_driver=False, _temp_dir=str(self.temp_dir))
+        self.num_gpus = num_gpus
+
+    def stop(self) -> None:
+        import ray
+        if ray.is_initialized():
+            ray.shutdown()
+        self.num_gpus = None
+
+
+@pytest.fixture(scope="module")
+def loopback_env():
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in LOOPBACK.items():
+            mp.setenv(key, value)
+        mp.delenv("RAY_ADDRESS", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def ray_temp():
+    """A short private folder for Ray's sessions (Unix socket paths must stay under ~107 characters)."""
+    path = Path(tempfile.mkdtemp(prefix="drt", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local_ray(loopback_env, ray_temp):
+    ray_ = LocalRay(ray_temp / "ray")
+    yield ray_
+    ray_.stop()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """The synthetic set (20 images per class) written once, so concurrent trials only read it."""
+    root = tmp_path_factory.mktemp("data")
+    load_data(DataConfig(root=str(root), synthetic=20, rho=10))
+    return root
+
+
+def _grid(folder: Path, data_root: Path, **changes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "grid.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "data": {"root": str(data_root), "synthetic": 20}, **changes}))
+    return path
+
+
+def _units(path: Path) -> dict:
+    """Returns {unit label: unit} of the grid file."""
+    return {u.label: u for u in expand(load_grid(path))[1].values()}
+
+
+def _result(path: Path, unit) -> dict:
+    return json.loads((load_grid(path).storage / unit.id / "result.json").read_text())
+
+
+def _mtimes(folder: Path) -> dict:
+    return {name: (folder / name).stat().st_mtime_ns for name in ("metrics.jsonl", "done", "result.json")}
+
+
+# ---- processes: subprocess tests run in their own session, and everything left in it is ended by pid ----
+
+def _session_pids(sid: int) -> list[int]:
+    """Returns the live (not zombie) processes of session `sid`, read from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+        if int(session) == sid and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _end_session(sid: int, timeout: float = 30.0) -> None:
+    """SIGKILLs every process left in session `sid`, by pid, until none is alive."""
+    deadline = time.time() + timeout
+    while pids := _session_pids(sid):
+        if time.time() > deadline:
+            raise AssertionError(f"processes {pids} of session {sid} survive SIGKILL")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+def _subprocess_env(ray_temp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, **LOOPBACK, "RAY_TMPDIR": str(ray_temp), "PYTHONPATH": str(REPO)}
+
+
+def _drolt(*args: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", *args]
+
+
+def _wait_for(condition, timeout: float, what: str, log: Optional[Path] = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                         + (f"; output so far:\n{log.read_text()[-3000:]}" if log else ""))
+
+
+# ---- in-process: one Ray instance for the module ----
+
+@pytest.fixture(scope="module")
+def packed(local_ray, data_root, tmp_path_factory):
+    """Four stage-1 units at 1/4 of a logical GPU each, run on Ray with num_gpus=1; returns (grid file, log)."""
+    local_ray.start(num_gpus=1)
+    path = _grid(tmp_path_factory.mktemp("packed"), data_root, name="packed", seeds=[0, 1, 2, 3],
+                 resources={"cpus": 0.5, "gpus": 0.25})
+    lines = []
+    run_grid(load_grid(path), log=lines.append, every=1)
+    return path, lines
+
+
+def test_four_quarter_gpu_trials_run_at_the_same_time_and_record_the_cpu(packed):
+    path, lines = packed
+    assert "stage 1: 4 unit(s), 0.5 CPU / 0.25 GPU each" in lines
+    results = [_result(path, u) for u in _units(path).values()]
+    assert len(results) == 4
+    # Packed: every unit started before any finished (one at a time, they could not overlap at all).
+    assert max(r["started_at"] for r in results) < min(r["finished_at"] for r in results), results
+    # A logical GPU is no CUDA device: each trial fell back to the CPU and says so.
+    assert all(r["provenance"]["device"].startswith("cpu") for r in results)
+
+
+def test_rerun_of_a_completed_grid_trains_nothing(packed, capsys):
+    path, _ = packed
+    storage = load_grid(path).storage
+    before = {u.id: _mtimes(storage / u.id) for u in _units(path).values()}
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 done (reused, not run)" in out and "to run" not in out
+    assert "drolt run: 4/4 units done" in out and "start" not in out
+    assert {uid: _mtimes(storage / uid) for uid in before} == before
+
+
+@pytest.fixture(scope="module")
+def with_failure(local_ray, data_root, tmp_path_factory):
+    """A grid whose LDAM-DRW unit diverges (LR 1e30) while its CE unit trains normally; returns the grid file."""
+    local_ray.start(num_gpus=1)
+    return _grid(tmp_path_factory.mktemp("failing"), data_root, name="failing",
+                 methods=["ce", {"name": "ldam_drw", "stage1": {"lr": 1.0e30, "warmup_epochs": 0}}])
+
+
+def test_diverging_unit_is_recorded_the_others_finish_and_run_exits_non_zero(with_failure, capsys):
+    path = with_failure
+    units = _units(path)
+    ce, ldam = units["cifar10 rho10 s0 seed0 stage1 ce"], units["cifar10 rho10 s0 seed0 stage1 ldam_drw"]
+    storage = load_grid(path).storage
+
+    assert main(["run", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert (storage / ce.id / "done").exists()
+    error = json.loads((storage / ldam.id / "error.json").read_text())
+    assert error["type"] == "TrainingDiverged" and "nan" in error["message"]
+    assert "epochs_done" in error and not (storage / ldam.id / "done").exists()
+    assert "drolt run: 1/2 units done" in out
+    assert f"not done: {ldam.id} {ldam.label}: failed TrainingDiverged" in out
+    assert "1 unit(s) not done" in err
+
+    assert main(["status", str(path)]) == 0
+    status = capsys.readouterr().out
+    line = next(line for line in status.splitlines() if ldam.id in line)
+    assert line.split()[0] == "failed" and "TrainingDiverged" in line and "nan" in line
+    assert next(line for line in status.splitlines() if ce.id in line).split()[0] == "done"
+
+
+def test_rerun_after_a_failure_retries_only_the_failed_unit(with_failure, capsys):
+    path = with_failure
+    units = _units(path)
+    ce, ldam = units["cifar10 rho10 s0 seed0 stage1 ce"], units["cifar10 rho10 s0 seed0 stage1 ldam_drw"]
+    storage = load_grid(path).storage
+    if not (storage / ce.id / "done").exists():  # run on its own: make the first, failing run here
+        main(["run", str(path)])
+        capsys.readouterr()
+    before = _mtimes(storage / ce.id)
+    failed_at = (storage / ldam.id / "error.json").stat().st_mtime_ns
+
+    assert main(["run", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 done (reused, not run)" in out and "1 failed before (to retry)" in out
+    assert f"start  {ldam.id}" in out and f"start  {ce.id}" not in out
+    assert _mtimes(storage / ce.id) == before
+    assert (storage / ldam.id / "error.json").stat().st_mtime_ns > failed_at  # it really ran again
+
+
+def test_missing_data_stops_the_run_before_any_unit_starts(local_ray, tmp_path, capsys):
+    local_ray.start(num_gpus=1)
+    broken = tmp_path / "broken-data"
+    (broken / "synthetic-cifar10-20").mkdir(parents=True)
+    (broken / "synthetic-cifar10-20" / "done").touch()  # marked written, but no files: loading raises
+    path = _grid(tmp_path, broken, name="nodata", max_failures=0)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "synthetic-cifar10-20" in err  # the data is located once, by the driver
+    assert not any(p.is_dir() and p.name != "_ray" for p in load_grid(path).storage.iterdir())
+
+
+def test_unit_that_raises_is_recorded_with_its_exception(local_ray, data_root, tmp_path, capsys):
+    local_ray.start(num_gpus=1)
+    path = _grid(tmp_path, data_root, name="raising", max_failures=0,
+                 methods=[{"name": "dro_lt", "mode": "clean"}])
+    units = _units(path)
+    stage1 = next(u for u in units.values() if u.stage == 1)
+    stage2 = next(u for u in units.values() if u.stage == 2)
+    folder = load_grid(path).storage / stage1.id
+    folder.mkdir(parents=True)
+    (folder / "model_last.pt").write_bytes(b"not a checkpoint")  # stage 2 cannot load its start
+    (folder / "done").touch()
+
+    assert main(["run", str(path)]) == 1
+    out = capsys.readouterr().out
+    error = json.loads((load_grid(path).storage / stage2.id / "error.json").read_text())
+    assert error["epochs_done"] == 0 and error["traceback"]
+    assert "Error" in error["type"] and "RayTaskError" not in error["type"]  # the trainable's own, not Ray's
+    assert f"not done: {stage2.id} {stage2.label}: failed {error['type']}" in out
+
+
+def test_grid_asking_for_gpus_stops_on_a_cluster_without_one_unless_cpu_fallback(local_ray, data_root, tmp_path):
+    local_ray.start(num_gpus=0)
+    path = _grid(tmp_path / "strict", data_root, name="strict", resources={"cpus": 0.5, "gpus": 0.25})
+    with pytest.raises(LaunchError) as err:
+        run_grid(load_grid(path), log=lambda line: None)
+    assert "no GPU" in str(err.value) and "allow_cpu_fallback" in str(err.value)
+    assert not any(p.name != "_ray" and p.is_dir() for p in load_grid(path).storage.iterdir())  # nothing started
+
+    path = _grid(tmp_path / "fallback", data_root, name="fallback", resources={"cpus": 0.5, "gpus": 0.25},
+                 allow_cpu_fallback=True, stage1={**TINY["stage1"], "epochs": 1})
+    lines = []
+    plan = run_grid(load_grid(path), log=lines.append)
+    assert plan.count("done") == 1
+    assert any("running on CPU (allow_cpu_fallback)" in line for line in lines)
+    assert "stage 1: 1 unit(s), 0.5 CPU / 0 GPU each" in lines
+    (unit,) = _units(path).values()
+    assert _result(path, unit)["provenance"]["device"].startswith("cpu")
+
+
+# ---- subprocesses: `drolt run` as a user runs it ----
+
+def test_rerun_after_the_driver_is_killed_keeps_done_units_and_resumes_the_interrupted_one(
+        local_ray, data_root, ray_temp, tmp_path):
+    local_ray.stop()  # leave the two cores to the subprocesses
+    path = _grid(tmp_path, data_root, name="killed",
+                 methods=[{"name": "ce", "stage1": {"epochs": 1}}, {"name": "ldam_drw", "stage1": {"epochs": 8}}])
+    units = _units(path)
+    short, long_ = units["cifar10 rho10 s0 seed0 stage1 ce"], units["cifar10 rho10 s0 seed0 stage1 ldam_drw"]
+    storage = load_grid(path).storage
+    env = _subprocess_env(ray_temp)
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(_drolt("run", str(path), "--progress-every", "1"), cwd=REPO, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: (storage / short.id / "done").exists() and (storage / long_.id / "state.pt").exists()
+                  and not (storage / long_.id / "done").exists(), 120, "one unit done and one mid-way", log)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        # Ray's workers sit in process groups of their own and outlive the driver's group for a few seconds.
+        _end_session(driver.pid)
+
+    assert read_state(storage, long_).status == "partial"
+    lines_before = (storage / long_.id / "metrics.jsonl").read_text().splitlines()
+    k = len(lines_before)
+    # state.pt is written just before metrics.jsonl, so a kill between the two leaves it one epoch ahead.
+    resume_point = load_state(storage / long_.id / "state.pt")["epoch"]
+    assert 1 <= k <= resume_point < 8
+    done_before = _mtimes(storage / short.id)
+
+    second = subprocess.run(_drolt("run", str(path), "--progress-every", "1"), cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "1 done (reused, not run)" in second.stdout and "1 to resume" in second.stdout
+    assert f"{long_.id}  {long_.label} after epoch {k}" in second.stdout
+    assert f"start  {short.id}" not in second.stdout
+    assert _mtimes(storage / short.id) == done_before
+    lines_after = (storage / long_.id / "metrics.jsonl").read_text().splitlines()
+    assert len(lines_after) == 8 and lines_after[:k] == lines_before  # epochs before the kill kept, not redone
+    worker_logs = "".join(p.read_text(errors="replace") for p in ray_temp.glob("ray/session_*/logs/worker-*.out"))
+    assert f"stage 1: resuming after epoch {resume_point} from {storage / long_.id / 'state.pt'}" in worker_logs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((NODE_IP, 0))
+        return s.getsockname()[1]
+
+
+def test_run_on_an_existing_cluster_started_with_ray_start_head(local_ray, data_root, ray_temp, tmp_path):
+    local_ray.stop()
+    port = _free_port()
+    env = _subprocess_env(ray_temp)
+    log = tmp_path / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen(
+            ["ray", "start", "--head", "--block", f"--node-ip-address={NODE_IP}", f"--port={port}",
+             "--include-dashboard=false", "--num-cpus=2", "--disable-usage-stats",
+             f"--temp-dir={ray_temp / 'head'}"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: "Ray runtime started" in log.read_text(), 60, "the head node", log)
+        path = _grid(tmp_path, data_root, name="cluster", stage1={**TINY["stage1"], "epochs": 1})
+        # Ray 2.60 heads require a token; the README tells cluster users to export RAY_AUTH_MODE=token.
+        run = subprocess.run(_drolt("run", str(path), "--address", f"{NODE_IP}:{port}"), cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert f"connected to Ray cluster at {NODE_IP}:{port}" in run.stdout
+        (unit,) = _units(path).values()
+        assert read_state(load_grid(path).storage, unit).status == "done"
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.time() + 20
+        while _session_pids(head.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        left = _session_pids(head.pid)
+        _end_session(head.pid)
+    assert head.returncode is not None, "the head node did not stop on SIGTERM"
+    assert not left, f"processes {left} of the head node were still alive 20 s after it stopped"
