@@ -1,0 +1,522 @@
+"""Side by side, one run, one machine, one data set: a stage-1 and a stage-2 epoch of three loops.
+
+    PYTHONPATH=. python3 -m benchmarks.bench_loops --device auto --batches 6 --repeats 3
+
+(a) ref      benchmarks/reference_style.py: DataLoader + per-image PIL augmentation; stage 2's three passes
+             with the centroids re-averaged from the bank by a Python loop over classes at every batch.
+(b) project  `drolt.stage1.train_stage1` / `drolt.stage2.train_stage2` for one epoch (stage 2: a feature
+             epoch), the whole public function timed: set-up, bank, training, evaluation, epoch record.
+(c) compute  the forward/backward and evaluation forward passes that (b) contains, alone, on pre-made,
+             pre-augmented float batches already on the device (same batch sizes, losses, speed settings).
+
+An epoch is shortened by running it on a proportionally smaller data set, so every loop does the same
+work as in a full epoch, scaled by s, and the evaluation shrinks with the training:
+  stage 1: M = --batches x 128 of the n LT images (s = M / n) and s of the test set; the project's
+           evaluation embeds the M images (NCM bank) and the test subset, the reference's the test subset.
+  stage 2: s = M / P with P = max n_c * C (the stream pass, 50,000 for CIFAR-LT): each class keeps
+           round(s n_c) images (at least 1), the test set s of its images; the class-aware stream pass is
+           then max round(s n_c) * C ~ M images, made twice (bank pass, training pass). Class weights and
+           shot splits use the full counts. (a) re-averages its centroids from a full P-row bank (the rows
+           of its short bank pass repeated), since the reference averages 50,000 rows at every batch.
+"images/s" counts stream images (stage 1: M; stage 2: bank + training pass) per second of the whole
+epoch, evaluation included, so a full epoch takes n / images/s (stage 1) or 2P / images/s (stage 2).
+Figures are medians over --repeats, every loop starting from the same weights, after --warmup untimed
+runs. Peak memory: CUDA torch.cuda.max_memory_allocated; CPU the peak summed PSS of this process and its
+DataLoader workers, sampled every 250 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from benchmarks.reference_style import ReferenceLoop, available_cores
+from drolt import speed
+from drolt.augment import stage1_train_transform, test_transform
+from drolt.config import Stage1Config, Stage2Config, from_dict
+from drolt.data import LongTailData, load_long_tail, long_tail_counts
+from drolt.losses import class_weights, robust_loss, weighted_cross_entropy
+from drolt.model import resnet32
+from drolt.sampling import make_sampler
+from drolt.stage1 import train_stage1
+from drolt.stage2 import train_augment, train_stage2
+from drolt.training import device_generator
+
+LOOPS = ("ref", "project", "compute")
+Run = Callable[[], dict]  # one timed epoch; returns seconds per pass
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+def synthetic_long_tail(dataset: str = "cifar10", rho: float = 100.0, seed: int = 0) -> LongTailData:
+    """Returns random uint8 CIFAR-sized images with the CIFAR-LT class counts and a balanced 10k test set."""
+    classes = {"cifar10": 10, "cifar100": 100}[dataset]
+    counts = long_tail_counts(classes, 50000 // classes, 1 / rho)
+    rng = np.random.default_rng(seed)
+    train_labels = np.repeat(np.arange(classes), counts)
+    test_labels = np.repeat(np.arange(classes), 10000 // classes)
+    return LongTailData(
+        name=dataset, num_classes=classes, rho=rho, profile="exp", subset_seed=0,
+        indices=np.arange(len(train_labels)), class_counts=counts,
+        train_images=torch.from_numpy(rng.integers(0, 256, (len(train_labels), 3, 32, 32), dtype=np.uint8)),
+        train_labels=torch.from_numpy(train_labels),
+        test_images=torch.from_numpy(rng.integers(0, 256, (len(test_labels), 3, 32, 32), dtype=np.uint8)),
+        test_labels=torch.from_numpy(test_labels), source="synthetic-random")
+
+
+def subset(data: LongTailData, train_idx: np.ndarray, test_idx: np.ndarray) -> LongTailData:
+    """Returns `data` holding only these training and test images (class counts kept: weights, shot splits)."""
+    t_idx, s_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(test_idx))
+    return dataclasses.replace(data, train_images=data.train_images[t_idx], train_labels=data.train_labels[t_idx],
+                               test_images=data.test_images[s_idx], test_labels=data.test_labels[s_idx])
+
+
+def shortened(data: LongTailData, stage: int, images: int, seed: int = 0) -> LongTailData:
+    """Returns the proportionally smaller data set whose epoch is `images` stream images (see the top)."""
+    n, n_test = len(data.train_labels), len(data.test_labels)
+    rng = np.random.default_rng(seed)
+    if stage == 1:
+        if images > n:
+            raise ValueError(f"{images} training images asked for, but one stage-1 epoch has only {n}; use "
+                             f"--batches <= {n // 128}")
+        keep = rng.permutation(n)[:images]
+        scale = images / n
+    else:
+        scale = images / (max(data.class_counts) * data.num_classes)
+        labels = data.train_labels.numpy()
+        keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:max(1, round(scale * n_c))]
+                               for c, n_c in enumerate(np.bincount(labels, minlength=data.num_classes))])
+    return subset(data, keep, rng.permutation(n_test)[:max(1, round(scale * n_test))])
+
+
+def stream_images(data: LongTailData, stage: int) -> int:
+    """Returns the stream images of one epoch: stage 1 the training set, stage 2 two class-aware passes."""
+    if stage == 1:
+        return len(data.train_labels)
+    return 2 * int(torch.bincount(data.train_labels).max()) * data.num_classes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _tree_pss_mib(root: int) -> float:
+    """Returns the summed PSS (MiB) of process `root` and all its descendants, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    total_kib, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue  # a worker that just exited
+        total_kib += next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total_kib / 1024
+
+
+class PeakMemory:
+    """Context manager: `.mib` is the peak memory during the block (CUDA allocator, or CPU tree PSS)."""
+
+    def __init__(self, device: torch.device, period_s: float = 0.25):
+        # Each sample reads /proc for ~5 ms of kernel time; every 250 ms keeps that near 2% of one core.
+        self.device, self.period_s, self.mib = device, period_s, float("nan")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif Path("/proc/self/smaps_rollup").exists():
+            self.mib = _tree_pss_mib(os.getpid())
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.mib = max(self.mib, _tree_pss_mib(os.getpid()))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+
+def timed(run: Run, device: torch.device) -> dict:
+    """Returns {"seconds", "passes", "peak_mib"} of one call of `run`."""
+    sync(device)
+    with PeakMemory(device) as memory:
+        t0 = time.perf_counter()
+        passes = run()
+        sync(device)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "passes": passes, "peak_mib": memory.mib}
+
+
+class PassClock:
+    """Splits a timed run into named passes (syncing the device at each boundary)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.passes, self.t0 = device, {}, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        self.passes[name] = now - self.t0
+        self.t0 = now
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loops, each as prepare() -> run; preparation (model, optimizer, pre-made batches) is not timed
+
+
+def fresh_model(classes: int, init: dict, device: torch.device) -> nn.Module:
+    """Returns a ResNet-32 on `device` holding the weights `init`."""
+    model = resnet32(classes).to(device)
+    model.load_state_dict(init)
+    return model
+
+
+def stage1_sgd(model: nn.Module, cfg: Stage1Config) -> torch.optim.Optimizer:
+    """Returns stage 1's optimizer at its first-epoch learning rate."""
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr / cfg.warmup_epochs, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+class Stage2Parts:
+    """Stage 2's model, radii and feature optimizer, built as `train_stage2` builds them."""
+
+    def __init__(self, data: LongTailData, init: dict, cfg: Stage2Config, device: torch.device):
+        self.model = fresh_model(data.num_classes, init, device)
+        self.eps = nn.Parameter(torch.full((data.num_classes,), cfg.eps_init, device=device))
+        backbone = [p for name, p in self.model.named_parameters() if not name.startswith("fc.")]
+        self.optimizer = torch.optim.SGD(backbone + [self.eps], lr=cfg.feature_lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.ce_weights = (None if cfg.ce_weights == "none"
+                           else class_weights(data.class_counts, cfg.ce_weights).to(device))
+
+
+def ref_stage1(ref: ReferenceLoop, data: LongTailData, cfg: Stage1Config, init: dict, device: torch.device) -> Run:
+    model = fresh_model(data.num_classes, init, device)
+    optimizer = stage1_sgd(model, cfg)
+    return lambda: ref.stage1_epoch(model, optimizer)
+
+
+def ref_stage2(ref: ReferenceLoop, data: LongTailData, cfg: Stage2Config, init: dict, device: torch.device) -> Run:
+    p = Stage2Parts(data, init, cfg, device)
+    return lambda: ref.stage2_epoch(p.model, p.eps, p.optimizer, p.ce_weights, cfg)
+
+
+def project_stage1(data: LongTailData, cfg: Stage1Config, device: torch.device) -> Run:
+    one_epoch = dataclasses.replace(cfg, epochs=1)
+    on_device = data.to(device)
+
+    def run() -> dict:
+        record = train_stage1(one_epoch, on_device, device).last  # its init from cfg.seed: the same weights
+        train = len(data.train_labels) / record["train_images_per_s"]
+        return {"train": train, "eval": record["epoch_time"] - train}
+    return run
+
+
+def project_stage2(data: LongTailData, cfg: Stage2Config, init: dict, device: torch.device) -> Run:
+    one_epoch = dataclasses.replace(cfg, epochs=1, classifier_epochs=0)
+    on_device = data.to(device)
+
+    def run() -> dict:
+        record = train_stage2(one_epoch, on_device, init, device).last
+        stream = stream_images(data, 2) / record["train_images_per_s"]
+        return {"bank+train": stream, "eval": record["epoch_time"] - stream}
+    return run
+
+
+def _forwards(net: Callable, x: Tensor, batch_size: int, cfg) -> None:
+    with torch.no_grad():
+        for chunk in torch.split(x, batch_size):
+            with speed.autocast(x.device, cfg.precision):
+                net(speed.model_input(chunk, cfg.channels_last))
+
+
+def compute_stage1(data: LongTailData, cfg: Stage1Config, init: dict, device: torch.device) -> Run:
+    model = fresh_model(data.num_classes, init, device)
+    net = speed.prepare(model, cfg.channels_last, cfg.compile)
+    optimizer = stage1_sgd(model, cfg)
+    x = stage1_train_transform(data.train_images.to(device), device_generator(device, cfg.seed))
+    batches = list(zip(torch.split(x, cfg.batch_size), torch.split(data.train_labels.to(device), cfg.batch_size)))
+    eval_x = test_transform(torch.cat([data.train_images, data.test_images]).to(device))  # NCM bank + test
+
+    def run() -> dict:
+        clock = PassClock(device)
+        model.train()
+        for xb, yb in batches:
+            with speed.autocast(device, cfg.precision):
+                loss = F.cross_entropy(net(speed.model_input(xb, cfg.channels_last))[1], yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        clock.lap("train")
+        model.eval()
+        _forwards(net, eval_x, cfg.eval_batch_size, cfg)
+        clock.lap("eval")
+        return clock.passes
+    return run
+
+
+def compute_stage2(data: LongTailData, cfg: Stage2Config, init: dict, device: torch.device) -> Run:
+    p = Stage2Parts(data, init, cfg, device)
+    net = speed.prepare(p.model, cfg.channels_last, cfg.compile)
+    sampler = make_sampler(cfg.sampler, data.train_labels, data.num_classes, cfg.seed)
+    stream = sampler.next_pass()
+    x = train_augment(cfg, data.train_images[stream].to(device), device_generator(device, cfg.seed))
+    y = data.train_labels[stream].to(device)
+    batches = list(zip(torch.split(x, cfg.batch_size), torch.split(y, cfg.batch_size)))
+    eval_x = test_transform(torch.cat([data.train_images, data.test_images]).to(device))  # NCM bank + test
+    centroids = torch.rand(data.num_classes, 64, device=device)  # fixed: their values do not change the cost
+
+    def run() -> dict:
+        clock = PassClock(device)
+        p.model.eval()
+        _forwards(net, x, cfg.eval_batch_size, cfg)  # the bank pass sees one pass of augmented stream images
+        clock.lap("bank")
+        p.model.train()
+        p.model.fc.requires_grad_(False)
+        for xb, yb in batches:
+            with speed.autocast(device, cfg.precision):
+                z, logits = net(speed.model_input(xb, cfg.channels_last))
+                loss = (cfg.ce_weight * weighted_cross_entropy(logits, yb, p.ce_weights)
+                        + cfg.robust_weight * robust_loss(z, yb, centroids, p.eps, cfg.temperature, cfg.mode))
+            p.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            p.optimizer.step()
+        p.model.fc.requires_grad_(True)
+        clock.lap("train")
+        p.model.eval()
+        _forwards(net, eval_x, cfg.eval_batch_size, cfg)
+        clock.lap("eval")
+        return clock.passes
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def parse_overrides(pairs: list[str], cfg1: Stage1Config, cfg2: Stage2Config) -> tuple[Stage1Config, Stage2Config]:
+    """Returns the configs with `stageN.key=value` overrides applied (validated like a grid file)."""
+    values = {1: dataclasses.asdict(cfg1), 2: dataclasses.asdict(cfg2)}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        stage, _, name = key.partition(".")
+        if not sep or stage not in ("stage1", "stage2") or not name:
+            raise SystemExit(f"--set {pair!r}: write stage1.KEY=VALUE or stage2.KEY=VALUE, "
+                             "e.g. stage2.eval_batch_size=2000")
+        values[int(stage[-1])][name] = _scalar(raw)
+    try:
+        return from_dict(Stage1Config, values[1], "--set stage1"), from_dict(Stage2Config, values[2], "--set stage2")
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
+def _scalar(raw: str) -> object:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def resolve_device(name: str) -> torch.device:
+    """Returns the device for auto / cpu / cuda."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """Returns a human name for the device."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.machine()} ({available_cores()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def load_data(args: argparse.Namespace) -> LongTailData:
+    """Returns the CIFAR copy under --data, or synthetic random images with the same class counts."""
+    if args.data:
+        return load_long_tail(args.dataset, args.data, args.rho)
+    return synthetic_long_tail(args.dataset, args.rho)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Runs every loop of the chosen stages --warmup + --repeats times; returns the raw results and context."""
+    device = resolve_device(args.device)
+    cfg1, cfg2 = parse_overrides(args.set, Stage1Config(), Stage2Config())
+    full = load_data(args)
+    try:
+        data = {s: shortened(full, s, args.batches * cfg1.batch_size) for s in (1, 2)}
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    torch.manual_seed(cfg1.seed)
+    init = resnet32(full.num_classes).state_dict()  # what train_stage1 starts from (seeded the same way)
+    refs = {s: ReferenceLoop(data[s], device, cfg1.batch_size, args.workers) for s in (1, 2)}
+    prepare = {
+        (1, "ref"): lambda: ref_stage1(refs[1], data[1], cfg1, init, device),
+        (1, "project"): lambda: project_stage1(data[1], cfg1, device),
+        (1, "compute"): lambda: compute_stage1(data[1], cfg1, init, device),
+        (2, "ref"): lambda: ref_stage2(refs[2], data[2], cfg2, init, device),
+        (2, "project"): lambda: project_stage2(data[2], cfg2, init, device),
+        (2, "compute"): lambda: compute_stage2(data[2], cfg2, init, device),
+    }
+    runs: dict = {key: [] for key in prepare if key[0] in args.stages}
+    failed: dict = {}
+    for stage in args.stages:
+        for r in range(args.warmup + args.repeats):
+            for loop in LOOPS:  # interleaved, so drifts in machine load hit every loop alike
+                if (stage, loop) in failed:
+                    continue
+                try:
+                    result = timed(prepare[(stage, loop)](), device)
+                except RuntimeError as error:
+                    if loop != "ref":
+                        raise
+                    # e.g. a DataLoader worker killed for want of shared memory (/dev/shm) in a container:
+                    # report it and still measure the project's loop.
+                    failed[(stage, loop)] = f"{type(error).__name__}: {error}"[:300]
+                    continue
+                if r >= args.warmup:
+                    runs[(stage, loop)].append(result)
+    runs = {key: results for key, results in runs.items() if results}
+    context = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+               "torchvision": torchvision.__version__, "python": platform.python_version(),
+               "workers": refs[1].workers, "data": full.source, "dataset": full.name, "rho": full.rho,
+               "lt_images": len(full.train_labels), "pass_length": max(full.class_counts) * full.num_classes,
+               "batches": args.batches, "repeats": args.repeats, "settings": args.set,
+               "stream_images": {s: stream_images(data[s], s) for s in (1, 2)},
+               "eval_images": {s: len(data[s].train_labels) + len(data[s].test_labels) for s in (1, 2)},
+               "test_images": {s: len(data[s].test_labels) for s in (1, 2)},
+               "failed": {f"stage {s} {loop}": why for (s, loop), why in failed.items()}}
+    if args.profile:
+        context["profile"] = profile(prepare[(2, "project")](), device)
+    return {"context": context, "runs": runs}
+
+
+def profile(run: Run, device: torch.device, rows: int = 12) -> str:
+    """Returns torch.profiler's table of the ops taking most self time in one call of `run`."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        run()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def summarise(measured: dict) -> dict:
+    """Returns per (stage, loop) medians: seconds, images/s, per-pass seconds, peak MiB, and the ratios."""
+    ctx, table = measured["context"], {}
+    for (stage, loop), results in measured["runs"].items():
+        seconds = [r["seconds"] for r in results]
+        table[(stage, loop)] = {
+            "seconds": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
+            "images_per_s": ctx["stream_images"][stage] / statistics.median(seconds),
+            "passes": {k: statistics.median(r["passes"][k] for r in results) for k in results[0]["passes"]},
+            "peak_mib": max(r["peak_mib"] for r in results)}
+    for stage in {s for s, _ in table}:
+        row = table[(stage, "project")]
+        ref = table.get((stage, "ref"), {"seconds": float("nan")})
+        row["speedup_vs_ref"] = ref["seconds"] / row["seconds"]
+        row["time_vs_compute"] = row["seconds"] / table[(stage, "compute")]["seconds"]
+    return table
+
+
+def print_report(measured: dict, table: dict) -> None:
+    ctx = measured["context"]
+    settings = f" | --set {' '.join(ctx['settings'])}" if ctx["settings"] else ""
+    print(f"device: {ctx['device']} | torch {ctx['torch']} torchvision {ctx['torchvision']} python {ctx['python']} "
+          f"| ref DataLoader workers {ctx['workers']}{settings}")
+    print(f"data: {ctx['dataset']} rho {ctx['rho']:g} ({ctx['data']}), {ctx['lt_images']} LT images, full stream "
+          f"pass {ctx['pass_length']}; per epoch timed: stage 1 {ctx['stream_images'][1]} train + "
+          f"{ctx['eval_images'][1]} eval images (ref: {ctx['test_images'][1]} test only), stage 2 "
+          f"{ctx['stream_images'][2]} bank+train + {ctx['eval_images'][2]} eval images; median of {ctx['repeats']}")
+    mem = "GPU MiB" if ctx["device_type"] == "cuda" else "PSS MiB"
+    print(f"{'loop':<8}{'stage':>6}{'median s':>10}{'min-max s':>15}{'images/s':>10}{'b/a':>7}{'b/c':>7}"
+          f"{mem:>9}  passes (median s)")
+    for (stage, loop), row in sorted(table.items(), key=lambda kv: (kv[0][0], LOOPS.index(kv[0][1]))):
+        ratios = (f"{row['speedup_vs_ref']:>6.2f}x{row['time_vs_compute']:>6.2f}x" if loop == "project"
+                  else " " * 14)
+        passes = " ".join(f"{k} {v:.3f}" for k, v in row["passes"].items())
+        print(f"{loop:<8}{stage:>6}{row['seconds']:>10.3f}{row['min_s']:>8.3f}-{row['max_s']:<6.3f}"
+              f"{row['images_per_s']:>10.0f}{ratios}{row['peak_mib']:>9.0f}  {passes}")
+    print("b/a: (a) ref time / (b) project time, the speed-up. b/c: (b) project time / (c) compute time "
+          "(target <= 1.2).")
+    for what, why in ctx["failed"].items():
+        print(f"FAILED {what}: {why}")
+    if "profile" in ctx:
+        print(ctx["profile"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--batches", type=int, default=6, help="training batches of 128 per stream pass (M / 128)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per loop; medians are reported")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per loop first")
+    parser.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    parser.add_argument("--data", default=None, help="folder holding cifar-10-batches-py (else synthetic data)")
+    parser.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    parser.add_argument("--rho", type=float, default=100.0)
+    parser.add_argument("--workers", type=int, default=None, help="ref DataLoader workers (default: cores)")
+    parser.add_argument("--set", action="append", default=[], metavar="stageN.KEY=VALUE",
+                        help="a stage setting for (b) and (c), e.g. stage2.precision=bf16 (repeatable)")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of (b) stage 2")
+    parser.add_argument("--json", default=None, help="write the results here (gpu_packing --loops-json reads it)")
+    args = parser.parse_args(argv)
+    if args.batches < 1 or args.repeats < 1 or args.warmup < 0:
+        parser.error(f"need --batches >= 1, --repeats >= 1, --warmup >= 0; got {args.batches}, {args.repeats}, "
+                     f"{args.warmup}")
+    measured = measure(args)
+    table = summarise(measured)
+    print_report(measured, table)
+    out = {"context": {k: v for k, v in measured["context"].items() if k != "profile"},
+           "results": {f"stage{s}/{loop}": row for (s, loop), row in table.items()}}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
