@@ -31,6 +31,20 @@ def save_state(state: dict, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def save_state_keeping_previous(state: dict, path: str | Path) -> None:
+    """Writes `state` atomically and keeps the file it replaces as <name>.prev (a fallback if it is damaged).
+
+    The new state is complete on disk before anything is renamed, so a full disk or a crash leaves the
+    previous state in place (under its own name or as .prev).
+    """
+    path = Path(path)
+    new = path.with_name(path.name + ".new")
+    save_state(state, new)
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
+    os.replace(new, path)
+
+
 def load_state(path: str | Path) -> dict:
     """Reads a state written by save_state onto the CPU; weights_only=True runs no code from the file."""
     return torch.load(path, map_location="cpu", weights_only=True)

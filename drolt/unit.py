@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 import yaml
 
-from .checkpoint import load_state, read_json, save_state, write_json, write_jsonl
+from .checkpoint import load_state, read_json, save_state, save_state_keeping_previous, write_json, write_jsonl
 from .config import DataConfig, Stage1Config, Stage2Config, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from .provenance import provenance
@@ -126,16 +126,21 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
 
     `report` is called with each epoch's record once the epoch's state is safely on disk.
     """
-    if (folder / "done").exists():
+    done = read_result(folder)
+    if done is not None and _loadable(folder / "model_best.pt", folder / "model_last.pt"):
         log(f"stage {stage}: already complete in {folder}")
-        return read_json(folder / "result.json")
+        return done
+    if (folder / "done").exists():
+        log(f"warning: stage {stage} in {folder} is marked complete but its result or weights are damaged; "
+            "rebuilding them from its last state")
+        (folder / "done").unlink()
     cfg = unit.stage1 if stage == 1 else unit.stage2
-    resume = load_state(folder / "state.pt") if (folder / "state.pt").exists() else None
+    resume = load_resume_state(folder, log)
     if resume is not None:
-        log(f"stage {stage}: resuming after epoch {resume['epoch']} from {folder / 'state.pt'}")
+        log(f"stage {stage}: resuming after epoch {resume['epoch']} from {folder}")
 
     def on_epoch(record: dict, state: dict) -> None:
-        save_state(state, folder / "state.pt")
+        save_state_keeping_previous(state, folder / "state.pt")
         write_jsonl(folder / "metrics.jsonl", state["history"])
         log(format_record(record, cfg.epochs))
         if report is not None:
@@ -157,6 +162,45 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
     write_json(folder / "result.json", summary)
     (folder / "done").touch()
     return summary
+
+
+def read_result(folder: Path) -> Optional[dict]:
+    """Returns a stage's result.json if the stage is complete and the file readable, else None."""
+    if not (folder / "done").exists():
+        return None
+    try:
+        result = read_json(folder / "result.json")
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and {"last", "best"} <= result.keys() else None
+
+
+def _loadable(*paths: Path) -> bool:
+    try:
+        for path in paths:
+            load_state(path)
+    except Exception:  # a truncated or garbled file, whatever torch.load raises for it
+        return False
+    return True
+
+
+def load_resume_state(folder: Path, log: Log) -> Optional[dict]:
+    """Returns the stage's last good state: state.pt, else the one before it (state.pt.prev), else None.
+
+    A damaged file is reported and skipped; without any good state the stage starts again from epoch 0.
+    """
+    for path in (folder / "state.pt", folder / "state.pt.prev"):
+        if not path.exists():
+            continue
+        try:
+            state = load_state(path)
+            if isinstance(state, dict) and {"epoch", "history", "model"} <= state.keys():
+                return state
+            problem = "it lacks the epoch, history or model"
+        except Exception as err:  # torch.load raises several types for truncated or garbled files
+            problem = f"{type(err).__name__}: {err}"
+        log(f"warning: {path} is damaged ({problem}); falling back to an earlier state")
+    return None
 
 
 def epochs_done(folder: Path) -> int:

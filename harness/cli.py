@@ -165,6 +165,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, DataError, FileNotFoundError, LaunchError, TrainingDiverged) as err:
         print(f"drolt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a lost mount: the finished epochs are safe on disk
+        print(f"drolt {args.command}: error: {err}. Every finished epoch is saved: fix this and run the same "
+              "command again to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"drolt {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

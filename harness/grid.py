@@ -23,6 +23,7 @@ from drolt.unit import METHODS, UnitConfig, unit_from_dict
 GRID_KEYS = {
     "name": "a short name for the grid (results go to results/<name>/)",
     "storage": "folder holding one sub-folder per unit (relative to the grid file)",
+    "results": "folder for tables and figures; they go to <results>/<name>/ (relative to the grid file)",
     "data": "root (folder of the CIFAR files, relative to the grid file), download (bool), synthetic (int)",
     "datasets": f"list of {', '.join(DATASETS)}",
     "profile": f"one of {', '.join(PROFILES)}",
@@ -92,6 +93,7 @@ class Grid:
     gpus: float = 0.0
     allow_cpu_fallback: bool = False
     max_failures: int = 2
+    results: Path = Path("results")   # tables and figures of this grid: <results folder>/<name>/
 
 
 def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
@@ -138,7 +140,8 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
                 methods=_methods(raw.get("methods")),
                 stage1=_overrides(raw, "stage1"), stage2=_overrides(raw, "stage2"),
                 allow_cpu_fallback=_typed(raw, "allow_cpu_fallback", bool, False),
-                max_failures=_typed(raw, "max_failures", int, 2))
+                max_failures=_typed(raw, "max_failures", int, 2),
+                results=(here / _typed(raw, "results", str, "../results")).resolve() / name)
     if grid.max_failures < 0:
         raise GridError(f"max_failures must be >= 0; got {grid.max_failures}")
     # Checked here too, so a typo under stage2 is caught even when no method has a stage 2.

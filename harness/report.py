@@ -22,7 +22,7 @@ from drolt.metrics import SPLITS
 
 from .grid import Grid, Run, expand
 from .published import load_published, published
-from .storage import is_done, read_result
+from .storage import is_done, unit_result
 
 METHOD_ORDER = ("ce", "ldam_drw", "dro_lt_faithful", "dro_lt_clean")
 METHOD_NAMES = {"ce": "CE", "ldam_drw": "LDAM-DRW", "dro_lt_faithful": "DRO-LT (faithful)",
@@ -34,7 +34,6 @@ METRICS = ("top1", "top5", "many", "medium", "few", "many_n", "medium_n", "few_n
 PROVENANCE = ("code_version", "torch_version", "device", "precision", "data_source")
 RUN_KEYS = ("dataset", "rho", "profile", "subset_seed", "seed", "method", "mode")
 DASH = "–"
-REPO = Path(__file__).resolve().parent.parent
 Log = Callable[[str], None]
 
 
@@ -67,7 +66,7 @@ def missing_runs(grid: Grid) -> list[Run]:
 
 def _row(grid: Grid, run: Run, units: dict) -> dict:
     unit = units[run.unit_id]
-    result = read_result(grid.storage, unit.id)
+    result = unit_result(grid.storage, unit.id)
     stage1 = result if unit.depends_on is None else _result_or_none(grid.storage, unit.depends_on)
     row: dict = {"dataset": run.dataset, "rho": run.rho, "profile": grid.profile, "subset_seed": run.subset_seed,
                  "seed": run.seed, "method": run.method, "mode": run.mode,
@@ -92,7 +91,7 @@ def _row(grid: Grid, run: Run, units: dict) -> dict:
 
 
 def _result_or_none(storage: Path, unit_id: str) -> Optional[dict]:
-    return read_result(storage, unit_id) if is_done(storage, unit_id) else None
+    return unit_result(storage, unit_id) if is_done(storage, unit_id) else None
 
 
 def _scalar(value):
@@ -286,17 +285,12 @@ TABLES = {  # file stem: (what, selection)
 }
 
 
-def default_out_dir(grid: Grid) -> Path:
-    """Returns results/<grid name>/ in the repository holding this package."""
-    return REPO / "results" / grid.name
-
-
 def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional[Log] = print) -> list[Path]:
     """Rebuilds every table and figure of the grid from its records; returns the paths written."""
     from .figures import FIGURES, write_figures  # seaborn is imported only when a report is drawn
 
     log = log or (lambda line: None)
-    out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(grid)
+    out = Path(out_dir).expanduser().resolve() if out_dir else grid.results
     out.mkdir(parents=True, exist_ok=True)
     frame = build_frame(grid)
     missing = missing_runs(grid)

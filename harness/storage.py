@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from drolt.checkpoint import read_json
-from drolt.unit import epochs_done
+from drolt.unit import epochs_done, read_result
 
 from .grid import Unit
 
@@ -33,15 +33,17 @@ def unit_dir(storage: Path, unit_id: str) -> Path:
 
 
 def is_done(storage: Path, unit_id: str) -> bool:
-    """True when the unit's completion marker exists."""
-    return (unit_dir(storage, unit_id) / "done").exists()
+    """True when the unit's completion marker exists and its result.json is readable."""
+    return read_result(unit_dir(storage, unit_id)) is not None
 
 
 def read_state(storage: Path, unit: Unit) -> UnitState:
     """Returns what the unit's folder says about it."""
     folder = unit_dir(storage, unit.id)
-    if (folder / "done").exists():
+    if read_result(folder) is not None:
         return UnitState("done", epochs_done(folder))
+    if (folder / "done").exists():
+        return UnitState("partial", epochs_done(folder), "result.json is damaged: rebuilt from the last state")
     if (folder / "error.json").exists():
         try:
             error = read_json(folder / "error.json")
@@ -49,7 +51,7 @@ def read_state(storage: Path, unit: Unit) -> UnitState:
         except (OSError, ValueError):
             detail = "error.json is unreadable"
         return UnitState("failed", epochs_done(folder), detail)
-    if (folder / "state.pt").exists():
+    if (folder / "state.pt").exists() or (folder / "state.pt.prev").exists():
         return UnitState("partial", epochs_done(folder))
     return UnitState("pending")
 
@@ -64,6 +66,6 @@ def prepare(storage: Path, unit: Unit) -> Path:
     return folder
 
 
-def read_result(storage: Path, unit_id: str) -> dict:
+def unit_result(storage: Path, unit_id: str) -> dict:
     """Returns a finished unit's result.json."""
     return json.loads((unit_dir(storage, unit_id) / "result.json").read_text())
