@@ -209,7 +209,8 @@ def _fake(storage, unit_id, *, done=False, epochs=0, error=None, state=False):
         (folder / "state.pt").write_bytes(b"fake")
     if error:
         (folder / "error.json").write_text(json.dumps({"type": error[0], "message": error[1], "epochs_done": epochs}))
-    if done:
+    if done:  # a finished unit: a readable result and the marker
+        (folder / "result.json").write_text(json.dumps({"last": {}, "best": {}}))
         (folder / "done").touch()
 
 
