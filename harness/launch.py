@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional
 
 from .grid import Grid, Unit
 from .plan import Plan, make_plan
-from drolt.unit import record_failure
+from drolt.unit import epochs_done, record_failure
 
 from .storage import prepare, read_state
 
@@ -149,7 +149,7 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
     for result in results:
         unit_id = result.config["unit"]["id"]
         if result.error is not None and read_state(grid.storage, plan.units[unit_id]).status != "failed":
-            record_failure(grid.storage / unit_id, result.error)
+            record_failure(grid.storage / unit_id, result.error, epochs_done(grid.storage / unit_id))
 
 
 def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every: float = 30.0) -> Plan:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -389,3 +390,42 @@ def test_run_on_an_existing_cluster_started_with_ray_start_head(local_ray, data_
         _end_session(head.pid)
     assert head.returncode is not None, "the head node did not stop on SIGTERM"
     assert not left, f"processes {left} of the head node were still alive 20 s after it stopped"
+
+
+def _kill_trainer_once_it_has_a_checkpoint(folder: Path, killed: list, timeout: float = 120.0) -> None:
+    """Waits for the unit's first saved epoch, then SIGKILLs the worker process that holds its lock."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lock = folder / ".lock"
+        if (folder / "state.pt").exists() and lock.exists() and lock.read_text().startswith("pid "):
+            pid = int(lock.read_text().split()[1])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("max_failures, outcome", [(1, "done"), (0, "failed")])
+def test_worker_killed_by_the_os_is_retried_from_its_checkpoint_then_recorded_as_failed(
+        local_ray, data_root, tmp_path, max_failures, outcome):
+    local_ray.start(num_gpus=1)
+    path = _grid(tmp_path, data_root, name=f"oskill{max_failures}", max_failures=max_failures,
+                 stage1={**TINY["stage1"], "epochs": 6})
+    (unit,) = _units(path).values()
+    folder = load_grid(path).storage / unit.id
+    killed: list = []
+    killer = threading.Thread(target=_kill_trainer_once_it_has_a_checkpoint, args=(folder, killed))
+    killer.start()
+    lines: list = []
+    plan = run_grid(load_grid(path), log=lines.append, every=1)
+    killer.join()
+    assert killed, "the trial finished before it could be killed"
+    state = plan.states[unit.id]
+    assert state.status == outcome
+    if outcome == "done":
+        assert any(line.split("] ", 1)[-1].startswith(f"retry  {unit.id}") for line in lines)
+        epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == list(range(6))  # resumed after its checkpoint: no epoch lost or repeated
+    else:
+        error = json.loads((folder / "error.json").read_text())
+        assert error["epochs_done"] >= 1 and "died" in (error["type"] + error["message"]).lower()

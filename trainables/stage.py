@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +40,7 @@ def trial_device() -> torch.device:
 def unit_lock(folder: Path, wait_s: float = 120.0) -> Iterator[None]:
     """Holds the unit's lock. A worker orphaned by a killed driver can outlive it by seconds: wait for it."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as f:
+    with open(folder / ".lock", "a+") as f:
         deadline = time.time() + wait_s
         while True:
             try:
@@ -50,6 +51,10 @@ def unit_lock(folder: Path, wait_s: float = 120.0) -> Iterator[None]:
                     raise RuntimeError(f"unit folder {folder} stayed locked by another process for {wait_s:.0f}s; "
                                        "is another drolt run training it?") from None
                 time.sleep(0.5)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")  # who trains it, for people and tests
+        f.flush()
         yield
 
 
