@@ -39,7 +39,20 @@ class DataConfig:
 
 
 @dataclass
-class Stage1Config:
+class SpeedSettings:
+    """How a stage computes, not what: each setting is tested to give what the plain path gives."""
+    eval_batch_size: int = 1000   # images per forward pass when evaluating or building centroid banks
+    channels_last: bool = False   # channels-last memory format (drolt/speed.py)
+    precision: str = "fp32"       # "fp32" or "bf16" (autocast; on CUDA)
+    compile: bool = False         # torch.compile the model's forward
+
+    def validate_speed(self) -> None:
+        _choice("precision", self.precision, PRECISIONS)
+        _positive(self, "eval_batch_size")
+
+
+@dataclass
+class Stage1Config(SpeedSettings):
     method: str = "ce"            # "ce" (plain cross-entropy) or "ldam_drw" (the LDAM-DRW baseline)
     mode: str = "faithful"        # faithful: hand the best-on-test epoch to stage 2; clean: the last epoch
     seed: int = 0                 # training seed: init, sample order, augmentation
@@ -51,21 +64,17 @@ class Stage1Config:
     warmup_epochs: int = 5        # linear warm-up over the first epochs
     lr_decay_epochs: list[int] = field(default_factory=lambda: [160, 180])  # LR x0.01 after each
     drw_start_epoch: int = 160    # LDAM-DRW: class re-weighting from this epoch on
-    eval_batch_size: int = 1000
-    channels_last: bool = False   # speed settings (drolt/speed.py), each tested equal to the plain path
-    precision: str = "fp32"       # "fp32" or "bf16" (autocast; on CUDA)
-    compile: bool = False         # torch.compile the model's forward
 
     def validate(self) -> None:
         _choice("method", self.method, STAGE1_METHODS)
-        _choice("precision", self.precision, PRECISIONS)
+        self.validate_speed()
         _choice("mode", self.mode, MODES)
-        _positive(self, "epochs", "batch_size", "lr", "eval_batch_size")
+        _positive(self, "epochs", "batch_size", "lr")
         _non_negative(self, "momentum", "weight_decay", "warmup_epochs", "drw_start_epoch")
 
 
 @dataclass
-class Stage2Config:
+class Stage2Config(SpeedSettings):
     mode: str = "faithful"        # faithful: reference quirks incl. selection on test; clean: none of them
     seed: int = 0
     epochs: int = 100             # total, the classifier epochs included
@@ -85,17 +94,13 @@ class Stage2Config:
     eps_nonneg: bool = False      # clean-mode option: clamp radii at 0 (a deviation from the paper)
     autoaugment: bool = True
     cutout: bool = True
-    eval_batch_size: int = 1000
-    channels_last: bool = False   # speed settings (drolt/speed.py), each tested equal to the plain path
-    precision: str = "fp32"       # "fp32" or "bf16" (autocast; on CUDA)
-    compile: bool = False         # torch.compile the model's forward
 
     def validate(self) -> None:
         _choice("mode", self.mode, MODES)
-        _choice("precision", self.precision, PRECISIONS)
+        self.validate_speed()
         _choice("ce_weights", self.ce_weights, CLASS_WEIGHTS)
         _choice("classifier_weights", self.classifier_weights, CLASS_WEIGHTS)
-        _positive(self, "epochs", "batch_size", "feature_lr", "classifier_lr", "temperature", "eval_batch_size")
+        _positive(self, "epochs", "batch_size", "feature_lr", "classifier_lr", "temperature")
         _non_negative(self, "classifier_epochs", "momentum", "weight_decay", "ce_weight", "robust_weight")
         if self.classifier_epochs > self.epochs:
             raise ValueError(f"classifier_epochs ({self.classifier_epochs}) cannot exceed epochs ({self.epochs})")
