@@ -20,7 +20,7 @@ from .losses import class_weights, robust_loss, weighted_cross_entropy
 from .model import ResNetCifar, resnet32
 from .sampling import batches, make_sampler
 from .training import (EpochCallback, StageResult, check_finite, clone_state, device_generator, evaluate,
-                       extract, improved, set_lr)
+                       extract, improved)
 
 
 def train_augment(cfg: Stage2Config, x: Tensor, gen: torch.Generator) -> Tensor:
