@@ -429,3 +429,52 @@ def test_worker_killed_by_the_os_is_retried_from_its_checkpoint_then_recorded_as
     else:
         error = json.loads((folder / "error.json").read_text())
         assert error["epochs_done"] >= 1 and "died" in (error["type"] + error["message"]).lower()
+
+
+def _records(folder: Path) -> list[dict]:
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time", "train_images_per_s")}
+            for line in lines]
+
+
+def test_driver_killed_during_stage2_resumes_to_the_records_of_an_uninterrupted_run(
+        local_ray, data_root, ray_temp, tmp_path):
+    local_ray.stop()
+    settings = {"methods": [{"name": "dro_lt", "mode": "faithful"}], "stage1": {**TINY["stage1"], "epochs": 1},
+                "stage2": {**TINY["stage2"], "epochs": 4, "classifier_epochs": 1}}
+    env = _subprocess_env(ray_temp)
+    straight = _grid(tmp_path / "straight", data_root, name="straight", **settings)
+    run = subprocess.run(_drolt("run", str(straight)), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    killed = _grid(tmp_path / "killed", data_root, name="killed", **settings)
+    stage2 = next(u for u in _units(killed).values() if u.stage == 2)
+    storage = load_grid(killed).storage
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(_drolt("run", str(killed), "--progress-every", "1"), cwd=REPO, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: (storage / stage2.id / "state.pt").exists(), 240, "stage 2's first epoch", log)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        _end_session(driver.pid)
+    assert read_state(storage, stage2).status == "partial"
+
+    rerun = subprocess.run(_drolt("run", str(killed)), cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "1 done (reused, not run)" in rerun.stdout and "1 to resume" in rerun.stdout
+    for unit in _units(killed).values():  # same settings, same ids in both storages
+        assert _records(storage / unit.id) == _records(load_grid(straight).storage / unit.id)
+
+
+def test_grid_asking_for_more_gpus_per_trial_than_the_cluster_has_stops_before_any_work(
+        local_ray, data_root, tmp_path):
+    local_ray.start(num_gpus=1)
+    path = _grid(tmp_path, data_root, name="greedy", resources={"cpus": 0.5, "gpus": 2})
+    with pytest.raises(LaunchError, match=r"resources.gpus = 2 per trial, but the Ray cluster has 1 GPUs"):
+        run_grid(load_grid(path), log=lambda line: None)
+    assert not any(p.is_dir() and p.name != "_ray" for p in load_grid(path).storage.iterdir())
