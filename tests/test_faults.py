@@ -2,6 +2,10 @@
 unsafe files. Each ends in a finished unit whose records equal an undisturbed run's, or a clear refusal."""
 import errno
 import json
+import random
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -136,3 +140,34 @@ def test_grid_files_are_read_with_a_safe_yaml_loader(tmp_path):
     with pytest.raises(GridError, match="not valid YAML"):
         load_grid(grid)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_kills_at_arbitrary_moments_never_lose_or_change_a_finished_epoch(tmp_path):
+    """SIGKILL `drolt train` again and again at seeded random moments (mid-epoch, mid-checkpoint-write, between
+    stages of writing the final files); each re-run continues, and the final records equal an undisturbed run's."""
+    def command(out):
+        return [sys.executable, "-m", "harness.cli", "train", *TINY, "--stage1-epochs", "10",
+                "--data-root", str(tmp_path / "data"), "--out", str(out)]
+    assert subprocess.run(command(tmp_path / "straight"), capture_output=True, timeout=300).returncode == 0
+    out = tmp_path / "killed"
+    cmd = command(out)
+    rng = random.Random(0)
+    kills = 0
+    log = open(tmp_path / "attempts.log", "w")
+    for _ in range(12):
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(1.5, 4.0))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+        break
+    else:
+        assert subprocess.run(cmd, stdout=log, timeout=300).returncode == 0
+    log.close()
+    assert kills >= 2, "no run was interrupted: the kills came too late to test anything"
+    assert "resuming after epoch" in (tmp_path / "attempts.log").read_text()  # kills landed after saved epochs
+    assert _history(out) == _history(tmp_path / "straight")
