@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from . import speed
-from .augment import cutout, normalize, random_crop_flip, autoaugment_cifar10, to_unit_float
+from .augment import cutout, normalize, random_crop_flip, to_unit_float
+from .autoaugment import autoaugment_cifar10
 from .centroids import class_centroids
 from .config import Stage2Config
 from .data import LongTailData

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from drolt import augment
+from drolt import augment, autoaugment
 
 GREY = (128, 128, 128)
 # Agreement bound with PIL, per op family. Observed: no differing value at all (x86-64, Pillow 13.0 and 12.3).
@@ -98,38 +98,38 @@ IMAGES = sample_images()
 # Each op against PIL
 
 
-@pytest.mark.parametrize("name", augment.OP_NAMES)
+@pytest.mark.parametrize("name", autoaugment.OP_NAMES)
 def test_batched_op_matches_pil_at_every_magnitude_and_sign(name):
     # one batch holds every (image, magnitude, sign) combination, so per-image parameters are exercised too
     grid = [(k, m, s) for m in range(10) for s in (1, -1) for k in range(len(IMAGES))]
     index, mags, signs = (torch.tensor(column) for column in zip(*grid))
-    ours = augment.apply_op(name, IMAGES[index], mags, signs)
+    ours = autoaugment.apply_op(name, IMAGES[index], mags, signs)
     ref = torch.stack([from_pil(pil_op(name, to_pil(IMAGES[k]), m, s)) for k, m, s in grid])
     assert ours.dtype == torch.uint8 and ours.shape == ref.shape
     assert_within_bound(ours, ref, GEOMETRIC_BOUND if name in GEOMETRIC else PIXEL_BOUND, name)
 
 
 def test_apply_op_accepts_scalar_magnitude_and_default_sign():
-    expected = augment.apply_op("brightness", IMAGES, torch.full((len(IMAGES),), 4), torch.ones(len(IMAGES)))
-    assert torch.equal(augment.apply_op("brightness", IMAGES, 4), expected)
+    expected = autoaugment.apply_op("brightness", IMAGES, torch.full((len(IMAGES),), 4), torch.ones(len(IMAGES)))
+    assert torch.equal(autoaugment.apply_op("brightness", IMAGES, 4), expected)
 
 
 def test_geometric_ops_fill_uncovered_pixels_with_grey_128():
     black = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
     for name in ("shearX", "shearY", "translateX", "translateY", "rotate"):
-        out = augment.apply_op(name, black, 9, 1)
+        out = autoaugment.apply_op(name, black, 9, 1)
         assert set(out.unique().tolist()) == {0, 128}, name
 
 
 def test_apply_op_rejects_unknown_names_bad_magnitudes_float_input_and_other_sizes():
     with pytest.raises(ValueError, match="unknown AutoAugment op 'cutout'"):
-        augment.apply_op("cutout", IMAGES, 0)
+        autoaugment.apply_op("cutout", IMAGES, 0)
     with pytest.raises(ValueError, match="magnitude_index must lie in 0..9"):
-        augment.apply_op("rotate", IMAGES, 10)
+        autoaugment.apply_op("rotate", IMAGES, 10)
     with pytest.raises(ValueError, match="expects a uint8 batch"):
-        augment.apply_op("invert", IMAGES.float(), 0)
+        autoaugment.apply_op("invert", IMAGES.float(), 0)
     with pytest.raises(ValueError, match="32x32 CIFAR images only"):
-        augment.apply_op("rotate", IMAGES[:, :, :16, :16], 0)
+        autoaugment.apply_op("rotate", IMAGES[:, :, :16, :16], 0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,21 +137,21 @@ def test_apply_op_rejects_unknown_names_bad_magnitudes_float_input_and_other_siz
 
 
 def test_policy_table_is_spec_4_6():
-    assert len(augment.CIFAR10_POLICY) == 25
-    assert augment.CIFAR10_POLICY[0] == (0.1, "invert", 7, 0.2, "contrast", 6)
-    assert augment.CIFAR10_POLICY[14] == (0.5, "solarize", 2, 0.0, "invert", 3)
-    assert augment.CIFAR10_POLICY[24] == (0.7, "translateY", 9, 0.9, "autocontrast", 1)
-    used = {op for row in augment.CIFAR10_POLICY for op in (row[1], row[4])}
-    assert used == set(augment.OP_NAMES) - {"shearX"}  # the CIFAR-10 policy never shears along x
+    assert len(autoaugment.CIFAR10_POLICY) == 25
+    assert autoaugment.CIFAR10_POLICY[0] == (0.1, "invert", 7, 0.2, "contrast", 6)
+    assert autoaugment.CIFAR10_POLICY[14] == (0.5, "solarize", 2, 0.0, "invert", 3)
+    assert autoaugment.CIFAR10_POLICY[24] == (0.7, "translateY", 9, 0.9, "autocontrast", 1)
+    used = {op for row in autoaugment.CIFAR10_POLICY for op in (row[1], row[4])}
+    assert used == set(autoaugment.OP_NAMES) - {"shearX"}  # the CIFAR-10 policy never shears along x
 
 
 def test_subpolicies_are_uniform_and_slots_fire_with_their_probabilities():
     n = 20_000
-    plan = augment.sample_autoaugment_plan(n, torch.Generator().manual_seed(1), torch.device("cpu"))
+    plan = autoaugment.sample_autoaugment_plan(n, torch.Generator().manual_seed(1), torch.device("cpu"))
     counts = torch.bincount(plan.policy, minlength=25).double()
     chi2 = ((counts - n / 25) ** 2 / (n / 25)).sum().item()
     assert chi2 < 60, f"sub-policy counts not uniform (chi2 {chi2:.1f}, df 24, p < 1e-4 above 52)"
-    for k, (p1, _, _, p2, _, _) in enumerate(augment.CIFAR10_POLICY):
+    for k, (p1, _, _, p2, _, _) in enumerate(autoaugment.CIFAR10_POLICY):
         chosen = plan.policy == k
         for slot, p in ((0, p1), (1, p2)):
             rate = plan.applied[chosen, slot].double().mean().item()
@@ -164,11 +164,11 @@ def test_subpolicies_are_uniform_and_slots_fire_with_their_probabilities():
 def test_autoaugment_batch_matches_pil_subpolicy_per_image():
     gen = torch.Generator().manual_seed(2)
     x = torch.cat([IMAGES, IMAGES.flip(3)] * 3)
-    plan = augment.sample_autoaugment_plan(len(x), gen, x.device)
-    ours = augment.apply_autoaugment_plan(x, plan)
+    plan = autoaugment.sample_autoaugment_plan(len(x), gen, x.device)
+    ours = autoaugment.apply_autoaugment_plan(x, plan)
     ref = []
     for k in range(len(x)):
-        p1, op1, m1, p2, op2, m2 = augment.CIFAR10_POLICY[plan.policy[k]]
+        p1, op1, m1, p2, op2, m2 = autoaugment.CIFAR10_POLICY[plan.policy[k]]
         img = to_pil(x[k])
         for slot, (op, m) in enumerate(((op1, m1), (op2, m2))):
             if plan.applied[k, slot]:
@@ -179,9 +179,9 @@ def test_autoaugment_batch_matches_pil_subpolicy_per_image():
 
 def test_autoaugment_draws_its_plan_from_the_generator():
     x = IMAGES
-    out = augment.autoaugment_cifar10(x, torch.Generator().manual_seed(3))
-    plan = augment.sample_autoaugment_plan(len(x), torch.Generator().manual_seed(3), x.device)
-    assert torch.equal(out, augment.apply_autoaugment_plan(x, plan))
+    out = autoaugment.autoaugment_cifar10(x, torch.Generator().manual_seed(3))
+    plan = autoaugment.sample_autoaugment_plan(len(x), torch.Generator().manual_seed(3), x.device)
+    assert torch.equal(out, autoaugment.apply_autoaugment_plan(x, plan))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_stage_transforms_compose_their_steps_in_spec_order():
     expected = augment.normalize(augment.to_unit_float(augment.random_crop_flip(x, g2)))
     assert torch.equal(augment.stage1_train_transform(x, g1), expected)
     g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
-    steps = augment.autoaugment_cifar10(augment.random_crop_flip(x, g2), g2)
+    steps = autoaugment.autoaugment_cifar10(augment.random_crop_flip(x, g2), g2)
     expected = augment.normalize(augment.cutout(augment.to_unit_float(steps), g2))
     assert torch.equal(augment.stage2_train_transform(x, g1), expected)
 
@@ -272,7 +272,7 @@ def test_stage2_cutout_hole_is_zero_before_normalisation():
 def test_transforms_return_expected_dtypes_and_shapes():
     gen = torch.Generator().manual_seed(11)
     shape = IMAGES.shape
-    for uint8_step in (augment.random_crop_flip, augment.autoaugment_cifar10):
+    for uint8_step in (augment.random_crop_flip, autoaugment.autoaugment_cifar10):
         out = uint8_step(IMAGES, gen)
         assert out.dtype == torch.uint8 and out.shape == shape
     for float_step in (augment.stage1_train_transform, augment.stage2_train_transform):
@@ -294,8 +294,8 @@ def test_transforms_never_modify_their_input():
     gen = torch.Generator().manual_seed(14)
     augment.stage1_train_transform(x, gen)
     augment.stage2_train_transform(x, gen)
-    for name in augment.OP_NAMES:
-        augment.apply_op(name, x, 9, -1)
+    for name in autoaugment.OP_NAMES:
+        autoaugment.apply_op(name, x, 9, -1)
     assert torch.equal(x, IMAGES)
     unit = x.float() / 255
     before = unit.clone()
