@@ -74,10 +74,15 @@ def stage1_train_transform(x: Tensor, gen: torch.Generator) -> Tensor:
     return normalize(to_unit_float(random_crop_flip(x, gen)))
 
 
-def stage2_train_transform(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Return the normalised float batch after SPEC 4.1's crop, flip, AutoAugment and Cutout."""
-    x = autoaugment_cifar10(random_crop_flip(x, gen), gen)
-    return normalize(cutout(to_unit_float(x), gen))
+def stage2_train_transform(x: Tensor, gen: torch.Generator, autoaugment: bool = True,
+                           use_cutout: bool = True) -> Tensor:
+    """Return the normalised float batch after SPEC 4.1's crop, flip, AutoAugment and Cutout (each of the
+    last two can be switched off for ablations)."""
+    x = random_crop_flip(x, gen)
+    if autoaugment:
+        x = autoaugment_cifar10(x, gen)
+    x = to_unit_float(x)
+    return normalize(cutout(x, gen) if use_cutout else x)
 
 
 def test_transform(x: Tensor) -> Tensor:

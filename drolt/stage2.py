@@ -12,8 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from . import speed
-from .augment import cutout, normalize, random_crop_flip, to_unit_float
-from .autoaugment import autoaugment_cifar10
+from .augment import stage2_train_transform
 from .centroids import class_centroids
 from .config import Stage2Config
 from .data import LongTailData
@@ -26,13 +25,7 @@ from .training import (EpochCallback, StageResult, check_finite, clone_state, de
 
 def train_augment(cfg: Stage2Config, x: Tensor, gen: torch.Generator) -> Tensor:
     """Returns the stage-2 training view of a uint8 batch: crop, flip, AutoAugment, Cutout, normalise."""
-    x = random_crop_flip(x, gen)
-    if cfg.autoaugment:
-        x = autoaugment_cifar10(x, gen)
-    x = to_unit_float(x)
-    if cfg.cutout:
-        x = cutout(x, gen)
-    return normalize(x)
+    return stage2_train_transform(x, gen, cfg.autoaugment, cfg.cutout)
 
 
 def _weights(counts: list[int], kind: str, device: torch.device) -> Optional[Tensor]:
