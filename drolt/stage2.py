@@ -114,7 +114,8 @@ def centroid_bank(model: nn.Module, net: Callable, data: LongTailData, stream: T
                   gen: torch.Generator) -> Tensor:
     """Returns [C,64] class centroids of eval-mode features over one augmented pass of the training stream."""
     model.eval()
-    z, _ = extract(net, data.train_images[stream], cfg.eval_batch_size, lambda x: train_augment(cfg, x, gen), cfg)
+    z, _ = extract(net, stream, cfg.eval_batch_size,
+                   lambda idx: train_augment(cfg, data.train_images[idx], gen), cfg)
     return class_centroids(z, data.train_labels[stream], data.num_classes)
 
 

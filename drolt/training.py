@@ -67,17 +67,19 @@ def check_finite(loss: float, stage: int, epoch: int) -> None:
 
 
 @torch.no_grad()
-def extract(net: Callable[[Tensor], tuple[Tensor, Tensor]], images: Tensor, batch_size: int,
+def extract(net: Callable[[Tensor], tuple[Tensor, Tensor]], items: Tensor, batch_size: int,
             transform: Callable[[Tensor], Tensor] = lambda x: test_transform(to_unit_float(x)),
             cfg: Any = None) -> tuple[Tensor, Tensor]:
-    """Returns (features [n,64], logits [n,C]) of `images` (uint8 NCHW), in large batches.
+    """Returns (features [n,64], logits [n,C]) of `items` in large batches.
 
-    The caller puts the model in eval mode. `cfg` (a stage config) brings its speed settings.
+    `items` are uint8 NCHW images, or indices that `transform` turns into the model's input chunk by chunk
+    (so a 50,000-sample stream is never gathered at once). The caller puts the model in eval mode; `cfg`
+    (a stage config) brings its speed settings.
     """
     channels_last, precision = (cfg.channels_last, cfg.precision) if cfg is not None else (False, "fp32")
     feats, logits = [], []
-    for chunk in torch.split(images, batch_size):
-        with autocast(images.device, precision):
+    for chunk in torch.split(items, batch_size):
+        with autocast(items.device, precision):
             z, out = net(model_input(transform(chunk), channels_last))
         feats.append(z.float())
         logits.append(out.float())
