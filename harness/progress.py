@@ -51,26 +51,24 @@ class GridProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         # A trial that recorded a deterministic failure (NaN loss) ends normally: the folder says which.
         unit = self._unit(trial)
-        if is_done(self.storage, unit.id):
-            self._finish(unit, "done  ")
-        else:
-            self._finish(unit, "FAILED")
+        self._finish(unit, ok=is_done(self.storage, unit.id))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(self._unit(trial), "FAILED")
+        self._finish(self._unit(trial), ok=False)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         unit = self._unit(trial)
         self.log(f"[{_duration(time.time() - self.started)}] retry  {unit.id} {unit.label} "
                  "(its process died; it resumes from its last epoch)")
 
-    def _finish(self, unit: Unit, word: str) -> None:
+    def _finish(self, unit: Unit, ok: bool) -> None:
         self.running.pop(unit.id, None)
         self.finished.add(unit.id)
-        if word == "done  ":
+        if ok:
             self.done += 1
         else:
             self.failed += 1
+        word = "done  " if ok else "FAILED"
         self.log(f"[{_duration(time.time() - self.started)}] {word} {unit.id} {unit.label}  "
                  f"({self.done}/{self.total} units done, {self.failed} failed)")
 
