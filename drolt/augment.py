@@ -9,12 +9,13 @@ run reproducible from its seed. The AutoAugment ops themselves are in autoaugmen
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .autoaugment import check_uint8_batch, autoaugment_cifar10
+from .autoaugment import AutoAugmentPlan, apply_autoaugment_plan, check_uint8_batch, sample_autoaugment_plan
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -23,12 +24,45 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 # Crop, flip, Cutout, normalise and the stage pipelines
 
 
-def random_crop_flip(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
-    """Return uint8 ``x`` randomly cropped from its zero-padded copy, then flipped left-right with p=0.5."""
-    check_uint8_batch(x, "random_crop_flip")
+class Draws(NamedTuple):
+    """The per-image random choices of one training-transform call (None: that step is off)."""
+
+    offsets: Tensor  # [N, 2] int64 crop offsets (dy, dx) into the zero-padded image
+    flip: Tensor  # [N] bool, flipped left-right
+    plan: Optional[AutoAugmentPlan]
+    holes: Optional[Tensor]  # [N, 2] int64 Cutout centres (cy, cx)
+
+
+def draw(n: int, gen: torch.Generator, device: torch.device, autoaugment: bool = False,
+         use_cutout: bool = False, padding: int = 4, image_size: int = 32) -> Draws:
+    """Return the random choices for ``n`` images, drawn from ``gen`` in the order of the pipeline's steps."""
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen, device=device)
+    flip = torch.rand(n, generator=gen, device=device) < 0.5
+    plan = sample_autoaugment_plan(n, gen, device) if autoaugment else None
+    holes = None
+    if use_cutout:
+        cy = torch.randint(0, image_size, (n, 1), generator=gen, device=device)
+        cx = torch.randint(0, image_size, (n, 1), generator=gen, device=device)
+        holes = torch.cat([cy, cx], dim=1)
+    return Draws(offsets, flip, plan, holes)
+
+
+def concat_draws(parts: Sequence[Draws]) -> Draws:
+    """Return the draws of consecutive calls as one, for one call on the concatenated images."""
+    def cat(field: Sequence) -> Any:
+        if field[0] is None:
+            return None
+        if isinstance(field[0], AutoAugmentPlan):
+            return AutoAugmentPlan(*(torch.cat(f) for f in zip(*field)))
+        return torch.cat(list(field))
+
+    return Draws(*(cat(field) for field in zip(*parts)))
+
+
+def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, padding: int = 4) -> Tensor:
+    """Return uint8 ``x`` cropped at ``offsets`` from its zero-padded copy, flipped left-right where ``flip``."""
+    check_uint8_batch(x, "crop_flip")
     n, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen, device=x.device)  # (dy, dx)
-    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
     padded = F.pad(x, (padding, padding, padding, padding))  # [N, C, H+2p, W+2p]
     rows = offsets[:, :1] + torch.arange(h, device=x.device)  # [N, H]
     cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # [N, W]
@@ -37,11 +71,16 @@ def random_crop_flip(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tenso
     return torch.gather(padded, 3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
 
-def cutout(x: Tensor, gen: torch.Generator, size: int = 16) -> Tensor:
-    """Return float ``x`` [B, C, H, W] with one size x size square (centre uniform, clipped) set to 0."""
+def random_crop_flip(x: Tensor, gen: torch.Generator, padding: int = 4) -> Tensor:
+    """Return uint8 ``x`` randomly cropped from its zero-padded copy, then flipped left-right with p=0.5."""
+    d = draw(x.shape[0], gen, x.device, padding=padding)
+    return crop_flip(x, d.offsets, d.flip, padding)
+
+
+def cut_holes(x: Tensor, holes: Tensor, size: int = 16) -> Tensor:
+    """Return float ``x`` [B, C, H, W] with a size x size square (clipped) around each centre set to 0."""
     n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n, 1), generator=gen, device=x.device)
-    cx = torch.randint(0, w, (n, 1), generator=gen, device=x.device)
+    cy, cx = holes[:, :1], holes[:, 1:]
     ys = torch.arange(h, device=x.device)
     xs = torch.arange(w, device=x.device)
     half = size // 2
@@ -49,6 +88,14 @@ def cutout(x: Tensor, gen: torch.Generator, size: int = 16) -> Tensor:
     in_cols = (xs >= cx - half) & (xs < cx + half)  # [N, W]
     hole = in_rows.view(n, 1, h, 1) & in_cols.view(n, 1, 1, w)
     return x.masked_fill(hole, 0.0)
+
+
+def cutout(x: Tensor, gen: torch.Generator, size: int = 16) -> Tensor:
+    """Return float ``x`` [B, C, H, W] with one size x size square (centre uniform, clipped) set to 0."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1), generator=gen, device=x.device)
+    cx = torch.randint(0, w, (n, 1), generator=gen, device=x.device)
+    return cut_holes(x, torch.cat([cy, cx], dim=1), size)
 
 
 def to_unit_float(x: Tensor) -> Tensor:
@@ -69,20 +116,27 @@ def normalize(x: Tensor) -> Tensor:
     return x.sub(mean).div(std)
 
 
+def apply_draws(x: Tensor, d: Draws) -> Tensor:
+    """Return the normalised float batch of uint8 ``x`` after the steps ``d`` holds: crop, flip, AutoAugment,
+    Cutout."""
+    x = crop_flip(x, d.offsets, d.flip)
+    if d.plan is not None:
+        check_uint8_batch(x, "autoaugment", cifar_size=True)
+        x = apply_autoaugment_plan(x, d.plan)
+    x = to_unit_float(x)
+    return normalize(cut_holes(x, d.holes) if d.holes is not None else x)
+
+
 def stage1_train_transform(x: Tensor, gen: torch.Generator) -> Tensor:
     """Return the normalised float batch after SPEC 3's crop (pad 4) and flip."""
-    return normalize(to_unit_float(random_crop_flip(x, gen)))
+    return apply_draws(x, draw(x.shape[0], gen, x.device))
 
 
 def stage2_train_transform(x: Tensor, gen: torch.Generator, autoaugment: bool = True,
                            use_cutout: bool = True) -> Tensor:
     """Return the normalised float batch after SPEC 4.1's crop, flip, AutoAugment and Cutout (each of the
     last two can be switched off for ablations)."""
-    x = random_crop_flip(x, gen)
-    if autoaugment:
-        x = autoaugment_cifar10(x, gen)
-    x = to_unit_float(x)
-    return normalize(cutout(x, gen) if use_cutout else x)
+    return apply_draws(x, draw(x.shape[0], gen, x.device, autoaugment, use_cutout, image_size=x.shape[2]))
 
 
 def test_transform(x: Tensor) -> Tensor:

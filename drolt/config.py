@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-from .speed import PRECISIONS
+from .speed import COMPILE_MODES, PRECISIONS
 
 DATASETS = ("cifar10", "cifar100")
 PROFILES = ("exp", "step")
@@ -45,10 +45,14 @@ class SpeedSettings:
     channels_last: bool = False   # channels-last memory format (drolt/speed.py)
     precision: str = "fp32"       # "fp32" or "bf16" (autocast; on CUDA)
     compile: bool = False         # torch.compile the model's forward
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs on a GPU
+    augment_batches: int = 8      # training batches augmented in one call: the same images as one call per
+                                  # batch (draws are made batch by batch), fewer kernel launches on a GPU
 
     def validate_speed(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
-        _positive(self, "eval_batch_size")
+        _choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        _positive(self, "eval_batch_size", "augment_batches")
 
 
 @dataclass

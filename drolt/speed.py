@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 PRECISIONS = ("fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def autocast(device: torch.device, precision: str) -> ContextManager:
@@ -26,11 +27,15 @@ def model_input(x: Tensor, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def prepare(model: nn.Module, channels_last: bool, compile: bool) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+def prepare(model: nn.Module, channels_last: bool, compile: bool,
+            compile_mode: str = "default") -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """Sets the model's memory format and returns the callable to run it with (compiled or the model itself).
 
     The compiled wrapper shares the model's parameters, so state dicts are still taken from `model`.
+    Shapes are static: an epoch has a handful of batch sizes, and static graphs are the fast ones (with
+    CUDA graphs, one recorded graph each). A CUDA-graph replay overwrites the previous replay's outputs,
+    so callers that keep outputs across calls copy them (`training.extract` does).
     """
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile else model
+    return torch.compile(model, mode=compile_mode, dynamic=False) if compile else model

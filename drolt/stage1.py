@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from . import speed
-from .augment import stage1_train_transform
 from .config import Stage1Config
 from .data import LongTailData
 from .losses import drw_weights, ldam_loss, ldam_margins
 from .model import resnet32
-from .sampling import ShuffledEpochs, batches
-from .training import (EpochCallback, StageResult, check_finite, clone_state, device_generator, evaluate,
-                       improved, set_lr)
+from .sampling import ShuffledEpochs
+from .training import (EpochCallback, StageResult, augmented_batches, check_finite, clone_state,
+                       device_generator, evaluate, improved, set_lr)
 
 
 def lr_at(cfg: Stage1Config, epoch: int) -> float:
@@ -33,7 +32,7 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
     ldam = cfg.method == "ldam_drw"
     torch.manual_seed(cfg.seed)  # model init
     model = resnet32(data.num_classes, cosine_head=ldam).to(device)
-    net = speed.prepare(model, cfg.channels_last, cfg.compile)
+    net = speed.prepare(model, cfg.channels_last, cfg.compile, cfg.compile_mode)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     sampler = ShuffledEpochs(len(data.train_labels), cfg.seed)
@@ -56,9 +55,9 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
         model.train()
         # Summed on the device and read once per epoch: a .item() per batch would sync the GPU every step.
         loss_sum = torch.zeros((), device=device)
-        for idx in batches(sampler.next_pass().to(device), cfg.batch_size):
-            x = speed.model_input(stage1_train_transform(data.train_images[idx], aug_gen), cfg.channels_last)
-            y = data.train_labels[idx]
+        for x, y in augmented_batches(data, sampler.next_pass().to(device), cfg.batch_size, aug_gen,
+                                      cfg.augment_batches):
+            x = speed.model_input(x, cfg.channels_last)
             with speed.autocast(device, cfg.precision):
                 _, logits = net(x)
                 loss = ldam_loss(logits, y, margins, weights=weights) if ldam else F.cross_entropy(logits, y)

@@ -18,9 +18,9 @@ from .config import Stage2Config
 from .data import LongTailData
 from .losses import class_weights, robust_loss, weighted_cross_entropy
 from .model import ResNetCifar, resnet32
-from .sampling import batches, make_sampler
-from .training import (EpochCallback, StageResult, check_finite, clone_state, device_generator, evaluate,
-                       extract, improved)
+from .sampling import make_sampler
+from .training import (EpochCallback, StageResult, augmented_batches, check_finite, clone_state,
+                       device_generator, evaluate, extract, improved)
 
 
 def train_augment(cfg: Stage2Config, x: Tensor, gen: torch.Generator) -> Tensor:
@@ -39,7 +39,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     C = data.num_classes
     model: ResNetCifar = resnet32(C).to(device)
     model.load_state_dict(stage1_state)
-    net = speed.prepare(model, cfg.channels_last, cfg.compile)
+    net = speed.prepare(model, cfg.channels_last, cfg.compile, cfg.compile_mode)
     eps = nn.Parameter(torch.full((C,), cfg.eps_init, device=device))  # learned radii, one per class
     backbone = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
     opt_features = torch.optim.SGD(backbone + [eps], lr=cfg.feature_lr, momentum=cfg.momentum,
@@ -126,9 +126,9 @@ def feature_epoch(model: nn.Module, net: Callable, eps: nn.Parameter, data: Long
     model.train()
     model.fc.requires_grad_(False)
     sums = torch.zeros(3, device=stream.device)  # loss, ce, robust; read once per epoch
-    for idx in batches(stream, cfg.batch_size):
-        x = speed.model_input(train_augment(cfg, data.train_images[idx], gen), cfg.channels_last)
-        y = data.train_labels[idx]
+    for x, y in augmented_batches(data, stream, cfg.batch_size, gen, cfg.augment_batches, cfg.autoaugment,
+                                  cfg.cutout):
+        x = speed.model_input(x, cfg.channels_last)
         with speed.autocast(stream.device, cfg.precision):
             z, logits = net(x)
             ce = weighted_cross_entropy(logits, y, ce_weights)
@@ -151,9 +151,9 @@ def classifier_epoch(model: nn.Module, data: LongTailData, stream: Tensor, cfg: 
     """One pass re-training only the linear classifier, the whole model in eval mode; returns the mean loss."""
     model.eval()
     loss_sum = torch.zeros((), device=stream.device)
-    for idx in batches(stream, cfg.batch_size):
-        x = speed.model_input(train_augment(cfg, data.train_images[idx], gen), cfg.channels_last)
-        y = data.train_labels[idx]
+    for x, y in augmented_batches(data, stream, cfg.batch_size, gen, cfg.augment_batches, cfg.autoaugment,
+                                  cfg.cutout):
+        x = speed.model_input(x, cfg.channels_last)
         with speed.autocast(stream.device, cfg.precision):
             with torch.no_grad():  # the backbone is frozen: no graph through it
                 z = model.features(x)

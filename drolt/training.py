@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .augment import test_transform, to_unit_float
+from .augment import apply_draws, concat_draws, draw, test_transform, to_unit_float
 from .centroids import class_centroids
 from .data import LongTailData
 from .metrics import classification_report
+from .sampling import batches
 from .speed import autocast, model_input
 
 # Called after every epoch with the epoch's record and the loop's full state (enough to resume from).
@@ -81,9 +82,27 @@ def extract(net: Callable[[Tensor], tuple[Tensor, Tensor]], items: Tensor, batch
     for chunk in torch.split(items, batch_size):
         with autocast(items.device, precision):
             z, out = net(model_input(transform(chunk), channels_last))
-        feats.append(z.float())
-        logits.append(out.float())
+        # copies: with CUDA graphs the next chunk's replay reuses these outputs' memory
+        feats.append(z.to(torch.float32, copy=True))
+        logits.append(out.to(torch.float32, copy=True))
     return torch.cat(feats), torch.cat(logits)
+
+
+def augmented_batches(data: LongTailData, stream: Tensor, batch_size: int, gen: torch.Generator,
+                      chunk_batches: int, autoaugment: bool = False,
+                      use_cutout: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yields (normalised augmented images, labels) for consecutive batches of the index `stream`.
+
+    `chunk_batches` batches are augmented in one call, their draws made batch by batch in the order one call
+    per batch makes them: the images are the same, and a GPU launches the augmentation kernels (and syncs
+    for AutoAugment's grouping) once per chunk instead of once per batch.
+    """
+    for chunk in torch.split(stream, batch_size * chunk_batches):
+        parts = batches(chunk, batch_size)
+        draws = concat_draws([draw(len(p), gen, stream.device, autoaugment, use_cutout) for p in parts])
+        images = apply_draws(data.train_images[chunk], draws)
+        for x, part in zip(torch.split(images, batch_size), parts):
+            yield x, data.train_labels[part]
 
 
 def evaluate(model: nn.Module, net: Callable, data: LongTailData, cfg: Any) -> dict:

@@ -1,11 +1,15 @@
 """Each speed setting computes what the plain path computes: same seed, a few SGD steps, losses compared."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from drolt import speed
 from drolt.config import Stage1Config
+from drolt.data import UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from drolt.model import resnet32
+from drolt.stage1 import train_stage1
 
 CPU = torch.device("cpu")
 
@@ -60,3 +64,22 @@ def test_compiled_and_channels_last_models_keep_plain_state_dict_keys():
 def test_unknown_precision_is_rejected_with_the_allowed_values():
     with pytest.raises(ValueError, match="fp32, bf16"):
         Stage1Config(precision="fp16").validate()
+
+
+def test_a_compiled_stage_1_epoch_gives_the_plain_epoch_record(tmp_path):
+    # A whole epoch: train-mode steps, then eval-mode feature passes whose outputs extract() keeps across
+    # calls (with CUDA graphs those would be overwritten by the next replay without its copies).
+    write_synthetic_cifar(tmp_path, "cifar10", train_per_class=20, test_per_class=4, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnofficialDataWarning)
+        data = load_long_tail("cifar10", tmp_path, rho=5)
+    cfg = dict(epochs=1, batch_size=32, lr=0.01, warmup_epochs=1, eval_batch_size=24)
+    plain = train_stage1(Stage1Config(**cfg), data, CPU).last
+    compiled = train_stage1(Stage1Config(**cfg, compile=True, compile_mode="reduce-overhead"), data, CPU).last
+    assert compiled["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-3)
+    assert compiled["top1"] == plain["top1"] and compiled["ncm_top1"] == plain["ncm_top1"]
+
+
+def test_unknown_compile_mode_is_rejected_with_the_allowed_values():
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        Stage1Config(compile_mode="fast").validate()

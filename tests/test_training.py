@@ -5,11 +5,12 @@ import warnings
 import pytest
 import torch
 
+from drolt.augment import stage1_train_transform, stage2_train_transform
 from drolt.config import Stage1Config, Stage2Config
 from drolt.data import UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from drolt.stage1 import lr_at, train_stage1
 from drolt.stage2 import train_stage2
-from drolt.training import TrainingDiverged
+from drolt.training import TrainingDiverged, augmented_batches
 
 CPU = torch.device("cpu")
 STAGE2_FIELDS = {"stage", "epoch", "phase", "lr", "loss", "ce_loss", "robust_loss", "top1", "top5", "per_class",
@@ -149,3 +150,24 @@ def test_ldam_drw_baseline_trains_with_a_cosine_head(tiny):
 def test_diverging_loss_stops_with_the_stage_and_epoch(tiny):
     with pytest.raises(TrainingDiverged, match="stage 1 epoch 0"):
         train_stage1(s1(lr=1e30, warmup_epochs=0), tiny, CPU)
+
+
+@pytest.mark.parametrize("stage2_steps", [False, True])
+def test_batches_augmented_together_are_the_images_of_one_call_per_batch(tiny, stage2_steps):
+    stream = torch.randperm(len(tiny.train_labels), generator=torch.Generator().manual_seed(0))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    chunked = list(augmented_batches(tiny, stream, 16, g1, 4, stage2_steps, stage2_steps))
+    transform = stage2_train_transform if stage2_steps else stage1_train_transform
+    assert len(chunked) == math.ceil(len(stream) / 16)
+    for (x, y), idx in zip(chunked, torch.split(stream, 16)):
+        assert torch.equal(x, transform(tiny.train_images[idx], g2))
+        assert torch.equal(y, tiny.train_labels[idx])
+    assert torch.equal(g1.get_state(), g2.get_state())  # the next epoch continues the same random stream
+
+
+def test_augment_batches_does_not_change_what_either_stage_computes(tiny, stage1_weights):
+    for one, many in [(train_stage1(s1(augment_batches=1), tiny, CPU), train_stage1(s1(augment_batches=3), tiny, CPU)),
+                      (train_stage2(s2(augment_batches=1), tiny, stage1_weights, CPU),
+                       train_stage2(s2(augment_batches=3), tiny, stage1_weights, CPU))]:
+        for ra, rb in zip(_strip_times(one.history), _strip_times(many.history)):
+            _same(ra, rb)
