@@ -472,11 +472,11 @@ def print_report(measured: dict, table: dict) -> None:
           f"{ctx['eval_images'][1]} eval images (ref: {ctx['test_images'][1]} test only), stage 2 "
           f"{ctx['stream_images'][2]} bank+train + {ctx['eval_images'][2]} eval images; median of {ctx['repeats']}")
     mem = "GPU MiB" if ctx["device_type"] == "cuda" else "PSS MiB"
-    print(f"{'loop':<8}{'stage':>6}{'median s':>10}{'min-max s':>15}{'images/s':>10}{'b/a':>7}{'b/c':>7}"
+    print(f"{'loop':<8}{'stage':>6}{'median s':>10}{'min-max s':>15}{'images/s':>10}{'b/a':>8}{'b/c':>8}"
           f"{mem:>9}  passes (median s)")
     for (stage, loop), row in sorted(table.items(), key=lambda kv: (kv[0][0], LOOPS.index(kv[0][1]))):
-        ratios = (f"{row['speedup_vs_ref']:>6.2f}x{row['time_vs_compute']:>6.2f}x" if loop == "project"
-                  else " " * 14)
+        ratios = (f"{row['speedup_vs_ref']:>7.2f}x{row['time_vs_compute']:>7.2f}x" if loop == "project"
+                  else " " * 16)
         passes = " ".join(f"{k} {v:.3f}" for k, v in row["passes"].items())
         print(f"{loop:<8}{stage:>6}{row['seconds']:>10.3f}{row['min_s']:>8.3f}-{row['max_s']:<6.3f}"
               f"{row['images_per_s']:>10.0f}{ratios}{row['peak_mib']:>9.0f}  {passes}")

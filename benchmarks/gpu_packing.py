@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_loops import shortened, synthetic_long_tail
+from benchmarks.bench_loops import parse_overrides, shortened, synthetic_long_tail
 from benchmarks.reference_style import available_cores
-from drolt.config import Stage1Config
+from drolt.config import Stage1Config, Stage2Config
 from drolt.data import long_tail_counts
 from drolt.stage1 import train_stage1
 
@@ -100,7 +100,8 @@ def worker(args: argparse.Namespace) -> None:
     window = Window(Path(args.sync_dir), args.rank, len(data.train_labels),
                     len(data.train_labels) + len(data.test_labels))
     try:
-        train_stage1(Stage1Config(seed=args.rank, epochs=10**6), data, device, on_epoch=window)
+        cfg, _ = parse_overrides(args.set, Stage1Config(seed=args.rank, epochs=10**6), Stage2Config())
+        train_stage1(cfg, data, device, on_epoch=window)
     except WindowClosed:
         pass
     result = {**window.result(), "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}
@@ -129,7 +130,8 @@ def run_count(count: int, args: argparse.Namespace) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         common = ["--dataset", args.dataset, "--rho", str(args.rho), "--threads", str(args.threads),
-                  "--subsample", str(args.subsample), "--sync-dir", tmp]
+                  "--subsample", str(args.subsample), "--sync-dir", tmp,
+                  *(f"--set={pair}" for pair in args.set)]
         procs = []
         for rank in range(count):
             log = open(sync_dir / f"out-{rank}.txt", "w")  # files, not pipes: a full pipe would block a worker
@@ -222,7 +224,8 @@ def grid_estimate(single: dict, gain: float, loops: dict | None) -> list[str]:
 
 def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict | None) -> None:
     print(f"packing: {device} | torch {torch.__version__} | stage 1 CE on synthetic {args.dataset}-LT rho "
-          f"{args.rho:g} (x{args.subsample:g}) | {args.threads} CPU threads per process | window {args.window:g} s")
+          f"{args.rho:g} (x{args.subsample:g}) | {args.threads} CPU threads per process | window {args.window:g} s"
+          f" | settings: {' '.join(args.set) or 'defaults'}")
     print(f"{'procs':>5}{'aggregate img/s':>17}{'vs 1':>7}{'per proc img/s':>16}{'epochs':>8}"
           f"{'alloc MiB':>11}{'reserved MiB':>14}{'nvidia-smi MiB':>16}")
     base = runs[0]["aggregate_images_per_s"]
@@ -253,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subsample", type=float, default=1.0, help="fraction of the data (tiny CPU tests)")
     parser.add_argument("--setup-timeout", type=float, default=300.0, help="seconds to start up and warm up")
     parser.add_argument("--loops-json", default=None, help="bench_loops --json output, for the stage-2 epoch time")
+    parser.add_argument("--set", action="append", default=[], metavar="stage1.KEY=VALUE",
+                        help="a stage-1 speed setting for every process, e.g. stage1.compile=true (repeatable)")
     parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (only to test this script)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)

@@ -437,18 +437,36 @@ def _records(folder: Path) -> list[dict]:
             for line in lines]
 
 
-def test_driver_killed_during_stage2_resumes_to_the_records_of_an_uninterrupted_run(
-        local_ray, data_root, ray_temp, tmp_path):
-    local_ray.stop()
-    settings = {"methods": [{"name": "dro_lt", "mode": "faithful"}], "stage1": {**TINY["stage1"], "epochs": 1},
-                "stage2": {**TINY["stage2"], "epochs": 4, "classifier_epochs": 1}}
-    env = _subprocess_env(ray_temp)
-    straight = _grid(tmp_path / "straight", data_root, name="straight", **settings)
-    run = subprocess.run(_drolt("run", str(straight)), cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+KILL_SETTINGS = {"methods": [{"name": "dro_lt", "mode": "faithful"}], "stage1": {**TINY["stage1"], "epochs": 1},
+                 "stage2": {**TINY["stage2"], "epochs": 4, "classifier_epochs": 1}}
 
-    killed = _grid(tmp_path / "killed", data_root, name="killed", **settings)
+
+@pytest.fixture(scope="module")
+def straight_run(local_ray, data_root, ray_temp, tmp_path_factory):
+    """The storage folder of the kill tests' grid run without interruption."""
+    local_ray.stop()  # leave the two cores to the subprocesses
+    straight = _grid(tmp_path_factory.mktemp("straight"), data_root, name="straight", **KILL_SETTINGS)
+    run = subprocess.run(_drolt("run", str(straight)), cwd=REPO, env=_subprocess_env(ray_temp),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return load_grid(straight).storage
+
+
+# Kill points: the stage-2 wave announced but its unit not started (between the stages), and the stage-2
+# unit after its first saved epoch.
+KILL_POINTS = {
+    "between_stages": lambda log, unit_dir: "stage 2: 1 unit(s)" in log.read_text(),
+    "during_stage2": lambda log, unit_dir: (unit_dir / "state.pt").exists(),
+}
+
+
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_driver_killed_in_or_before_stage2_resumes_to_the_records_of_an_uninterrupted_run(
+        local_ray, data_root, ray_temp, tmp_path, straight_run, kill_point):
+    local_ray.stop()
+    env = _subprocess_env(ray_temp)
+    killed = _grid(tmp_path / "killed", data_root, name="killed", **KILL_SETTINGS)
+    stage1 = next(u for u in _units(killed).values() if u.stage == 1)
     stage2 = next(u for u in _units(killed).values() if u.stage == 2)
     storage = load_grid(killed).storage
     log = tmp_path / "killed.log"
@@ -456,19 +474,24 @@ def test_driver_killed_during_stage2_resumes_to_the_records_of_an_uninterrupted_
         driver = subprocess.Popen(_drolt("run", str(killed), "--progress-every", "1"), cwd=REPO, env=env,
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(lambda: (storage / stage2.id / "state.pt").exists(), 240, "stage 2's first epoch", log)
+        _wait_for(lambda: KILL_POINTS[kill_point](log, storage / stage2.id), 240, kill_point, log)
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     finally:
         _end_session(driver.pid)
-    assert read_state(storage, stage2).status == "partial"
+    assert read_state(storage, stage1).status == "done"
+    expected = "partial" if kill_point == "during_stage2" else "pending"
+    assert read_state(storage, stage2).status == expected, log.read_text()[-3000:]
+    stage1_files = _mtimes(storage / stage1.id)
 
     rerun = subprocess.run(_drolt("run", str(killed)), cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "1 done (reused, not run)" in rerun.stdout and "1 to resume" in rerun.stdout
+    assert "1 done (reused, not run)" in rerun.stdout
+    assert ("1 to resume" if kill_point == "during_stage2" else "1 to run") in rerun.stdout
+    assert _mtimes(storage / stage1.id) == stage1_files  # the finished stage 1 is not re-run
     for unit in _units(killed).values():  # same settings, same ids in both storages
-        assert _records(storage / unit.id) == _records(load_grid(straight).storage / unit.id)
+        assert _records(storage / unit.id) == _records(straight_run / unit.id)
 
 
 def test_grid_asking_for_more_gpus_per_trial_than_the_cluster_has_stops_before_any_work(
