@@ -10,8 +10,9 @@ export PYTHONPATH=.
 FAST1="--set stage1.channels_last=true --set stage1.precision=bf16 --set stage1.compile=true --set stage1.compile_mode=reduce-overhead"
 FAST2="--set stage2.channels_last=true --set stage2.precision=bf16 --set stage2.compile=true --set stage2.compile_mode=reduce-overhead"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout "${LOOPS_S:-240}" python3 -m benchmarks.bench_loops --device cuda --batches 40 --repeats 3 $FAST1 $FAST2 \
+date +"%T loops"; timeout "${LOOPS_S:-230}" python3 -m benchmarks.bench_loops --device cuda --batches 40 --repeats 3 $FAST1 $FAST2 \
     --json "$OUT/loops.json" 2>&1 | grep -v Warning | tee "$OUT/loops.txt"
-timeout "${PACKING_S:-200}" python3 -m benchmarks.gpu_packing --loops-json "$OUT/loops.json" --window 12 \
+date +"%T packing"; timeout "${PACKING_S:-200}" python3 -m benchmarks.gpu_packing --loops-json "$OUT/loops.json" --window 12 \
     --counts 1 2 4 8 $FAST1 2>&1 | tee "$OUT/packing.txt"
-timeout "${SAME_S:-90}" python3 -m benchmarks.same_numbers --device cuda $FAST1 $FAST2 2>&1 | tee "$OUT/same_numbers.txt"
+date +"%T same numbers"; timeout "${SAME_S:-70}" python3 -m benchmarks.same_numbers --device cuda $FAST1 $FAST2 2>&1 | tee "$OUT/same_numbers.txt"
+date +"%T end"
