@@ -38,4 +38,8 @@ def prepare(model: nn.Module, channels_last: bool, compile: bool,
     """
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if compile:
+        # One graph per (batch size, train/eval, frozen classifier): a process that runs both stages, or a
+        # benchmark, needs more than dynamo's default 8, after which it silently falls back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(model, mode=compile_mode, dynamic=False) if compile else model
