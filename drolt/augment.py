@@ -39,12 +39,15 @@ def draw(n: int, gen: torch.Generator, device: torch.device, autoaugment: bool =
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen, device=device)
     flip = torch.rand(n, generator=gen, device=device) < 0.5
     plan = sample_autoaugment_plan(n, gen, device) if autoaugment else None
-    holes = None
-    if use_cutout:
-        cy = torch.randint(0, image_size, (n, 1), generator=gen, device=device)
-        cx = torch.randint(0, image_size, (n, 1), generator=gen, device=device)
-        holes = torch.cat([cy, cx], dim=1)
+    holes = _draw_holes(n, gen, device, image_size, image_size) if use_cutout else None
     return Draws(offsets, flip, plan, holes)
+
+
+def _draw_holes(n: int, gen: torch.Generator, device: torch.device, h: int, w: int) -> Tensor:
+    """Return [n, 2] Cutout centres (cy, cx), uniform over the image."""
+    cy = torch.randint(0, h, (n, 1), generator=gen, device=device)
+    cx = torch.randint(0, w, (n, 1), generator=gen, device=device)
+    return torch.cat([cy, cx], dim=1)
 
 
 def concat_draws(parts: Sequence[Draws]) -> Draws:
@@ -93,9 +96,7 @@ def cut_holes(x: Tensor, holes: Tensor, size: int = 16) -> Tensor:
 def cutout(x: Tensor, gen: torch.Generator, size: int = 16) -> Tensor:
     """Return float ``x`` [B, C, H, W] with one size x size square (centre uniform, clipped) set to 0."""
     n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n, 1), generator=gen, device=x.device)
-    cx = torch.randint(0, w, (n, 1), generator=gen, device=x.device)
-    return cut_holes(x, torch.cat([cy, cx], dim=1), size)
+    return cut_holes(x, _draw_holes(n, gen, x.device, h, w), size)
 
 
 def to_unit_float(x: Tensor) -> Tensor:

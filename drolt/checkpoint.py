@@ -1,11 +1,14 @@
 """Atomic files: a crash mid-write leaves the previous version in place, never a half-written file."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -43,6 +46,48 @@ def save_state_keeping_previous(state: dict, path: str | Path) -> None:
     if path.exists():
         os.replace(path, path.with_name(path.name + ".prev"))
     os.replace(new, path)
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock: it is training into that folder."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path, wait_s: float = 0.0, holder: str = "another drolt process") -> Iterator[None]:
+    """Holds the exclusive lock of `folder` (its .lock file, released when the process dies, even by SIGKILL).
+
+    Waits up to `wait_s` seconds for another holder (a worker orphaned by a killed driver outlives it by
+    seconds), then raises FolderBusy.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as f:
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() >= deadline:
+                    f.seek(0)  # "a+" opens at the end
+                    raise FolderBusy(f"{folder} is locked by {f.read().strip() or 'another process'}: is "
+                                     f"{holder} training into it? Wait for it to finish, or use another "
+                                     "folder") from None
+                time.sleep(0.5)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")  # who trains it, for people and tests
+        f.flush()
+        yield
+
+
+def discard_partial_writes(folder: str | Path) -> list[Path]:
+    """Removes what writes cut short by a crash left in `folder` (temporary files, a new state not yet renamed
+    into place); returns the removed paths. Only under the folder's lock (no other process writes there)."""
+    leftovers = [*Path(folder).glob(".*.tmp"), *Path(folder).glob("*.new")]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def load_state(path: str | Path) -> dict:

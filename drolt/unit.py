@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 import yaml
 
-from .checkpoint import load_state, read_json, save_state, save_state_keeping_previous, write_json, write_jsonl
+from .checkpoint import discard_partial_writes, folder_lock, load_state, read_json, save_state, save_state_keeping_previous, write_json, write_jsonl
 from .config import DataConfig, Stage1Config, Stage2Config, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from .provenance import provenance
@@ -135,6 +135,7 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
             "rebuilding them from its last state")
         (folder / "done").unlink()
     cfg = unit.stage1 if stage == 1 else unit.stage2
+    discard_partial_writes(folder)  # callers hold the unit's folder_lock: no other process writes here
     resume = load_resume_state(folder, log)
     if resume is not None:
         log(f"stage {stage}: resuming after epoch {resume['epoch']} from {folder}")
@@ -230,6 +231,12 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
     """
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, holder="another drolt train"):
+        return _run_stages(unit, out, device, log, stage1_weights)
+
+
+def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
+                stage1_weights: Optional[str | Path]) -> dict[int, dict]:
     (out / "unit.yaml").write_text(yaml.safe_dump(unit.as_dict(), sort_keys=False))
     data = load_data(unit.data).to(device)
     log(f"data: {unit.data.dataset}-LT rho {unit.data.rho:g} ({unit.data.profile}), {len(data.train_labels)} "

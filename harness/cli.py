@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from drolt.checkpoint import FolderBusy
 from drolt.data import DataError
 from drolt.training import TrainingDiverged
 from drolt.unit import METHODS, resolve_device, run_unit, unit_from_dict
@@ -162,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from harness.launch import LaunchError
     try:
         return {"train": cmd_train, "run": cmd_run, "status": cmd_status, "report": cmd_report}[args.command](args)
-    except (ValueError, DataError, FileNotFoundError, LaunchError, TrainingDiverged) as err:
+    except (ValueError, DataError, FileNotFoundError, FolderBusy, LaunchError, TrainingDiverged) as err:
         print(f"drolt {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a lost mount: the finished epochs are safe on disk

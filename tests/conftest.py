@@ -4,10 +4,12 @@ import os
 from pathlib import Path
 
 # Ray in tests stays on this machine: no usage stats, cloud-metadata probes sent to a closed loopback port,
-# and the node pinned to a loopback address. Set before any test module imports Ray (it reads some at import).
+# and every Ray server bound to 127.0.0.1. Ray binds its gRPC servers to 0.0.0.0 unless the node address is
+# 127.0.0.1 and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its single-machine mode, read when Ray is imported;
+# test_grid_ray checks the bind). Set before any test module imports Ray.
 os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "http_proxy": "http://127.0.0.1:9",
                    "https_proxy": "http://127.0.0.1:9", "no_proxy": "localhost,127.0.0.1,127.0.0.2",
-                   "DROLT_RAY_NODE_IP": "127.0.0.2"})
+                   "DROLT_RAY_NODE_IP": "127.0.0.1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
 
 import pytest
 

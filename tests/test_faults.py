@@ -171,3 +171,87 @@ def test_kills_at_arbitrary_moments_never_lose_or_change_a_finished_epoch(tmp_pa
     assert kills >= 2, "no run was interrupted: the kills came too late to test anything"
     assert "resuming after epoch" in (tmp_path / "attempts.log").read_text()  # kills landed after saved epochs
     assert _history(out) == _history(tmp_path / "straight")
+
+
+# Run in a child process: SIGKILL it at the chosen moment of the n-th write of a training state.
+KILL_IN_WRITE = """
+import os, signal, sys
+from pathlib import Path
+import drolt.checkpoint as checkpoint
+point, nth = sys.argv[1], int(sys.argv[2])
+writes = 0
+real_write, real_replace = checkpoint.atomic_write, os.replace
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def atomic_write(path, write, mode="wb"):
+    global writes
+    if point == "mid_write" and Path(path).name.startswith("state.pt"):
+        writes += 1
+        if writes == nth:
+            def partial(f):  # some bytes of the new state reach the temporary file, then the process dies
+                f.write(b"PK\\x03\\x04 half a checkpoint")
+                f.flush()
+                die()
+            return real_write(path, partial, mode)
+    return real_write(path, write, mode)
+
+def replace(src, dst):
+    global writes
+    real_replace(src, dst)
+    if point == "between_renames" and str(dst).endswith("state.pt.prev"):
+        writes += 1
+        if writes == nth:  # the old state moved aside, the new one not yet renamed into place
+            die()
+
+checkpoint.atomic_write, os.replace = atomic_write, replace
+from harness.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+# Both kill the write of epoch 2's state (the first .prev rename is that write's).
+@pytest.mark.parametrize("point, nth", [("mid_write", 2), ("between_renames", 1)])
+def test_kill_while_a_checkpoint_is_written_resumes_from_the_last_complete_one(tmp_path, straight, point, nth):
+    args = ["train", *TINY, "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "killed")]
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, point, str(nth), *args], capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    stage = tmp_path / "killed" / "stage1"
+    leftover = {"mid_write": ".state.pt.new.*.tmp", "between_renames": "state.pt.new"}[point]
+    assert list(stage.glob(leftover))  # what the cut-short write left behind
+    assert load_state(stage / ("state.pt" if point == "mid_write" else "state.pt.prev"))["epoch"] == 1
+
+    rerun = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming after epoch 1" in rerun.stdout + rerun.stderr  # from the complete checkpoint, not epoch 0
+    assert _history(tmp_path / "killed") == straight
+    assert not list(stage.glob(".*.tmp")) and not list(stage.glob("*.new"))  # leftovers cleared, never read
+
+
+def test_second_drolt_train_into_the_same_folder_is_refused_while_the_first_trains(tmp_path, capsys):
+    out = tmp_path / "unit"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert _train(tmp_path, out) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is locked by pid {holder.pid}" in err and "another drolt train" in err
+        assert not (out / "stage1").exists()  # nothing was written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _train(tmp_path, out) == 0  # the lock dies with its holder
+
+
+# Holds a unit folder's lock as a running `drolt train` would, until killed.
+HOLD_LOCK = """
+import sys, time
+from drolt.checkpoint import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""

@@ -32,11 +32,12 @@ from harness.storage import read_state
 pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[1]
-NODE_IP = "127.0.0.2"
+NODE_IP = "127.0.0.1"  # with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray binds to loopback only (conftest.py)
 # No usage stats, Ray's cloud-metadata probes sent to a closed loopback port, and a token so Ray 2.60's
 # default token authentication does not warn.
 LOOPBACK = {"RAY_USAGE_STATS_ENABLED": "0", "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-            "no_proxy": "localhost,127.0.0.1,127.0.0.2", "DROLT_RAY_NODE_IP": NODE_IP, "RAY_AUTH_MODE": "token"}
+            "no_proxy": "localhost,127.0.0.1,127.0.0.2", "DROLT_RAY_NODE_IP": NODE_IP, "RAY_AUTH_MODE": "token",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 TINY = {"name": "tiny", "storage": "runs", "datasets": ["cifar10"], "rhos": [10], "seeds": [0], "methods": ["ce"],
         "stage1": {"epochs": 2, "batch_size": 32, "warmup_epochs": 1},
         "stage2": {"epochs": 2, "classifier_epochs": 1, "batch_size": 64},
@@ -303,6 +304,53 @@ def test_grid_asking_for_gpus_stops_on_a_cluster_without_one_unless_cpu_fallback
     assert "stage 1: 1 unit(s), 0.5 CPU / 0 GPU each" in lines
     (unit,) = _units(path).values()
     assert _result(path, unit)["provenance"]["device"].startswith("cpu")
+
+
+def _descendants(pid: int) -> set[int]:
+    """`pid` and every process below it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        found.add(p := todo.pop())
+        todo.extend(children.get(p, []))
+    return found
+
+
+def _listening_addresses(pids: set[int]) -> list[str]:
+    """The local IP addresses of the TCP sockets these processes listen on (IPv4 and IPv6, from /proc)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                hex_ip = fields[1].split(":")[0]
+                # IPv4 (or the IPv4 tail of an IPv4-mapped IPv6 address), stored little-endian
+                addresses.append(socket.inet_ntoa(bytes.fromhex(hex_ip[-8:])[::-1])
+                                 if len(hex_ip) == 8 or hex_ip.startswith("0000000000000000FFFF0000")
+                                 else socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hex_ip)))
+    return addresses
+
+
+def test_ray_listens_on_loopback_only(local_ray):
+    local_ray.start(num_gpus=0)
+    addresses = _listening_addresses(_descendants(os.getpid()))
+    assert len(addresses) >= 4  # GCS, raylet (2), this driver's core worker: the check sees Ray's servers
+    assert all(a.startswith("127.") for a in addresses), addresses
 
 
 # ---- subprocesses: `drolt run` as a user runs it ----

@@ -5,19 +5,14 @@ a re-run after the driver died and another grid sharing the storage all resume f
 """
 from __future__ import annotations
 
-import fcntl
 import math
-import os
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import ray
 import torch
 from ray import tune
 
-from drolt.checkpoint import load_state
+from drolt.checkpoint import folder_lock, load_state
 from drolt.data import DataError
 from drolt.training import TrainingDiverged
 from drolt.unit import epochs_done, load_data, record_failure, run_stage, unit_from_dict
@@ -36,28 +31,6 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
-@contextmanager
-def unit_lock(folder: Path, wait_s: float = 120.0) -> Iterator[None]:
-    """Holds the unit's lock. A worker orphaned by a killed driver can outlive it by seconds: wait for it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as f:
-        deadline = time.time() + wait_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.time() > deadline:
-                    raise RuntimeError(f"unit folder {folder} stayed locked by another process for {wait_s:.0f}s; "
-                                       "is another drolt run training it?") from None
-                time.sleep(0.5)
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")  # who trains it, for people and tests
-        f.flush()
-        yield
-
-
 def _metrics(record: dict) -> dict:
     return {k: record[k] for k in _SCALARS if k in record and not (isinstance(record[k], float)
                                                                     and math.isnan(record[k]))}
@@ -71,7 +44,7 @@ def train_unit(config: dict) -> None:
     """
     unit, storage = config["unit"], Path(config["storage"])
     folder = storage / unit["id"]
-    with unit_lock(folder):
+    with folder_lock(folder, wait_s=120, holder="another drolt run"):
         try:
             cfg = unit_from_dict(unit["drolt"], where=f"unit {unit['id']}")
             device = trial_device()
