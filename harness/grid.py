@@ -255,6 +255,16 @@ def _method_label(m: dict) -> str:
     return m["name"] if m["name"] != "dro_lt" else f"dro_lt_{m['mode']}"
 
 
+# Stage settings that enter a unit's id only away from their default: augment_batches gives the same images
+# either way, and compile_mode came after storage folders were written whose ids must stay valid.
+ID_IF_CHANGED = {"augment_batches": 8, "compile_mode": "default"}
+
+
+def _identity(config: Any) -> dict:
+    """Returns a stage config's settings as they enter a unit's id."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if ID_IF_CHANGED.get(k, object()) != v}
+
+
 def unit_id(settings: dict) -> str:
     """Returns a 12-hex-digit hash of resolved settings (key order does not matter)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -284,7 +294,7 @@ def _units_of(grid: Grid, dataset: str, rho: float, subset_seed: int, seed: int,
     s1 = _checked(Stage1Config, {**grid.stage1, **m["stage1"], "method": stage1_method, "seed": seed,
                                  "mode": "faithful"}, f"{where}.stage1")
     s1_settings = {"method": stage1_method, "data": data_key,
-                   "stage1": {k: v for k, v in dataclasses.asdict(s1).items() if k != "mode"}}
+                   "stage1": {k: v for k, v in _identity(s1).items() if k != "mode"}}
     s1_id = unit_id(s1_settings)
     label = f"{dataset} rho{rho:g} s{subset_seed} seed{seed}"
     units.setdefault(s1_id, Unit(s1_id, 1, {**s1_settings, "data": dataclasses.asdict(data)},
@@ -294,7 +304,7 @@ def _units_of(grid: Grid, dataset: str, rho: float, subset_seed: int, seed: int,
     s2 = _checked(Stage2Config, {**grid.stage2, **m["stage2"], "seed": seed, "mode": m["mode"]}, f"{where}.stage2")
     handoff = "best" if m["mode"] == "faithful" else "last"
     s2_settings = {"method": "dro_lt", "stage1_unit": s1_id, "handoff": handoff,
-                   "stage2": dataclasses.asdict(s2)}
+                   "stage2": _identity(s2)}
     s2_id = unit_id(s2_settings)
     units.setdefault(s2_id, Unit(s2_id, 2, {**s2_settings, "data": dataclasses.asdict(data),
                                             "stage1": units[s1_id].settings["stage1"]},

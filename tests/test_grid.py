@@ -1,6 +1,7 @@
 """Grid files without Ray: validation before any work, unit identity and sharing, `drolt run --dry-run` and
 `drolt status` read from a storage folder."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -290,3 +291,13 @@ def test_status_says_running_while_a_drolt_run_holds_the_storage(tmp_path, capsy
     out = capsys.readouterr().out
     assert "a `drolt run` is in progress (pid" in out.splitlines()[0]
     assert _status_lines(out, units)[label.format(1, "stage1 ce")].split()[0] == "running"
+
+
+def test_unit_ids_of_earlier_versions_stay_valid():
+    # results/smoke/runs.csv was written before compile_mode and augment_batches existed: a grid left at
+    # their defaults must find those storage folders again instead of training everything anew.
+    import pandas as pd
+    repo = Path(__file__).resolve().parents[1]
+    recorded = pd.read_csv(repo / "results" / "smoke" / "runs.csv")
+    _, units = expand(load_grid(repo / "experiments" / "smoke.yaml"))
+    assert set(units) == set(recorded.unit_id) | set(recorded.stage1_unit_id)
