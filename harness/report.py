@@ -352,7 +352,7 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
                      skipped: list[str]) -> str:
     total = len(frame) + len(missing)
     parts = [f"# Grid `{grid.name}`\n\n",
-             f"Built from the records in `{grid.storage}` for `{grid.path.name}` alone (no training). "
+             f"Built from the records in `{_shown(grid.storage)}` for `{grid.path.name}` alone (no training). "
              f"{len(frame)} of {total} runs finished. Cells: mean ± std over seeds (ddof=1) with the number "
              f"of runs n; \"{DASH}\" is a cell without a finished run or a shot split without classes. "
              "\"paper\" is the published number and Δ = ours − paper"
@@ -379,3 +379,12 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
             frame["stage2_wall_time_s"].sum()
         parts.append(f"- wall time: {wall / 3600:.2f} h over all finished units (a shared stage 1 counted once)\n")
     return "".join(parts)
+
+
+def _shown(path: Path) -> str:
+    """Returns `path` relative to the working directory when it lies below it (reports are committed and
+    shared; an absolute path names one person's machine), else as it is."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

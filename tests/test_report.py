@@ -200,3 +200,11 @@ def test_runs_on_synthetic_data_get_no_published_comparison(grid):
     table = paper_table(frame)
     assert [c[2] for c in table.columns] == ["ours", "ours"]
     assert summarize(frame)["delta"].isna().all()
+
+
+def test_report_names_the_storage_relative_to_where_it_was_built(grid, tmp_path, monkeypatch):
+    # Reports get committed and shared: a storage below the working directory is named without this machine's path.
+    monkeypatch.chdir(grid.storage.parent)
+    write_report(grid, tmp_path / "out", log=lambda line: None)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"Built from the records in `{grid.storage.name}`" in report and str(tmp_path) not in report
