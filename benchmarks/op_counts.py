@@ -1,0 +1,66 @@
+"""How many ATen ops each part of a training step dispatches: on a GPU each is a kernel launch and some
+microseconds of CPU time, so a part with hundreds of them is launch-bound however small its tensors are.
+
+    PYTHONPATH=. python3 -m benchmarks.op_counts
+
+Counts (CPU, eager; the same ops run on a GPU) for one batch of 128: the stage-1 and stage-2 losses with
+their backward, the SGD step, and the stage-1 and stage-2 augmentation per batch (augmented 8 batches at a
+time, as `augment_batches` does). With `compile_mode: reduce-overhead` the model's forward and backward are
+one CUDA-graph replay each, so these parts are what the CPU still dispatches op by op.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from drolt.augment import apply_draws, concat_draws, draw
+from drolt.losses import robust_loss, weighted_cross_entropy
+from drolt.model import resnet32
+
+BATCH, CHUNK = 128, 8
+
+
+def aten_ops(fn: Callable[[], object]) -> int:
+    """Returns how many ATen ops one call of `fn` dispatches (after one warm-up call)."""
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model = resnet32(10)
+    eps = torch.nn.Parameter(torch.ones(10))
+    optimizer = torch.optim.SGD([*model.parameters(), eps], lr=0.01, momentum=0.9, weight_decay=1e-4)
+    z, logits = model(torch.randn(BATCH, 3, 32, 32))
+    z, logits = z.detach().requires_grad_(), logits.detach().requires_grad_()
+    y = torch.randint(0, 10, (BATCH,))
+    centroids, weights = torch.randn(10, 64), torch.rand(10)
+    images = torch.randint(0, 256, (BATCH * CHUNK, 3, 32, 32), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+
+    def augment(stage2: bool) -> Callable[[], object]:
+        return lambda: apply_draws(images, concat_draws([draw(BATCH, gen, images.device, stage2, stage2)
+                                                         for _ in range(CHUNK)]))
+
+    parts = {
+        "stage-1 loss, forward + backward": lambda: F.cross_entropy(logits, y).backward(),
+        "stage-2 loss (weighted CE + robust), forward + backward":
+            lambda: (weighted_cross_entropy(logits, y, weights)
+                     + robust_loss(z, y, centroids, eps, 1.0, "faithful")).backward(),
+        "SGD step (momentum, weight decay)": optimizer.step,
+        "stage-1 augmentation, per batch": augment(False),
+        "stage-2 augmentation (crop, flip, AutoAugment, Cutout), per batch": augment(True),
+    }
+    print(f"ATen ops dispatched per training step of {BATCH} images (CPU eager; on a GPU most are kernel launches)")
+    for name, fn in parts.items():
+        count = aten_ops(fn) / (CHUNK if "augmentation" in name else 1)
+        print(f"{count:>8.0f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
