@@ -6,7 +6,8 @@ microseconds of CPU time, so a part with hundreds of them is launch-bound howeve
 Counts (CPU, eager; the same ops run on a GPU) for one batch of 128: the stage-1 and stage-2 losses with
 their backward, the SGD step, and the stage-1 and stage-2 augmentation per batch (augmented 8 batches at a
 time, as `augment_batches` does). With `compile_mode: reduce-overhead` the model's forward and backward are
-one CUDA-graph replay each, so these parts are what the CPU still dispatches op by op.
+one CUDA-graph replay each, so these parts are what the CPU still dispatches op by op. With `compile_loss`
+the stage-2 loss runs as a few fused kernels plus the ops counted here.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from drolt import speed
 from drolt.augment import apply_draws, concat_draws, draw
-from drolt.losses import robust_loss, weighted_cross_entropy
 from drolt.model import resnet32
+from drolt.stage2 import feature_losses
 
 BATCH, CHUNK = 128, 8
 
@@ -43,15 +45,17 @@ def main() -> None:
     images = torch.randint(0, 256, (BATCH * CHUNK, 3, 32, 32), dtype=torch.uint8)
     gen = torch.Generator().manual_seed(0)
 
+    def stage2_loss(fn: Callable) -> Callable[[], object]:
+        return lambda: fn(z, logits, y, centroids, eps, weights, 1.0, "faithful", 1.0, 1.0)[0].backward()
+
     def augment(stage2: bool) -> Callable[[], object]:
         return lambda: apply_draws(images, concat_draws([draw(BATCH, gen, images.device, stage2, stage2)
                                                          for _ in range(CHUNK)]))
 
     parts = {
         "stage-1 loss, forward + backward": lambda: F.cross_entropy(logits, y).backward(),
-        "stage-2 loss (weighted CE + robust), forward + backward":
-            lambda: (weighted_cross_entropy(logits, y, weights)
-                     + robust_loss(z, y, centroids, eps, 1.0, "faithful")).backward(),
+        "stage-2 loss (weighted CE + robust), forward + backward": stage2_loss(feature_losses),
+        "stage-2 loss with compile_loss (ops outside the fused kernels)": stage2_loss(speed.compiled(feature_losses)),
         "SGD step (momentum, weight decay)": optimizer.step,
         "stage-1 augmentation, per batch": augment(False),
         "stage-2 augmentation (crop, flip, AutoAugment, Cutout), per batch": augment(True),

@@ -98,6 +98,8 @@ class Stage2Config(SpeedSettings):
     eps_nonneg: bool = False      # clean-mode option: clamp radii at 0 (a deviation from the paper)
     autoaugment: bool = True
     cutout: bool = True
+    compile_loss: bool = False    # speed: torch.compile the feature phase's losses (about 250 ops a step
+                                  # dispatched one by one otherwise; benchmarks/op_counts.py)
 
     def validate(self) -> None:
         _choice("mode", self.mode, MODES)

@@ -32,14 +32,18 @@ def prepare(model: nn.Module, channels_last: bool, compile: bool,
     """Sets the model's memory format and returns the callable to run it with (compiled or the model itself).
 
     The compiled wrapper shares the model's parameters, so state dicts are still taken from `model`.
-    Shapes are static: an epoch has a handful of batch sizes, and static graphs are the fast ones (with
-    CUDA graphs, one recorded graph each). A CUDA-graph replay overwrites the previous replay's outputs,
-    so callers that keep outputs across calls copy them (`training.extract` does).
+    A CUDA-graph replay overwrites the previous replay's outputs, so callers that keep outputs across calls
+    copy them (`training.extract` does).
     """
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if compile:
-        # One graph per (batch size, train/eval, frozen classifier): a process that runs both stages, or a
-        # benchmark, needs more than dynamo's default 8, after which it silently falls back to eager.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(model, mode=compile_mode, dynamic=False) if compile else model
+    return compiled(model, compile_mode) if compile else model
+
+
+def compiled(fn: Callable, mode: str = "default") -> Callable:
+    """Returns `fn` under torch.compile with static shapes: an epoch has a handful of batch sizes, and static
+    graphs are the fast ones (with CUDA graphs, one recorded graph each)."""
+    # One graph per (batch size, train/eval, frozen classifier): a process that runs both stages, or a
+    # benchmark, needs more than dynamo's default 8, after which it silently falls back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(fn, mode=mode, dynamic=False)

@@ -51,6 +51,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     ce_weights = _weights(data.class_counts, cfg.ce_weights, device)
     classifier_weights = _weights(data.class_counts, cfg.classifier_weights, device)
     first_classifier_epoch = cfg.epochs - cfg.classifier_epochs
+    loss_fn = speed.compiled(feature_losses) if cfg.compile_loss else feature_losses
     start, history = 0, []
     best_features = best_classifier = None  # best test NCM in the feature phase, best top-1 afterwards
     if resume is not None:
@@ -76,7 +77,8 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
         if feature_phase:
             centroids = centroid_bank(model, net, data, stream, cfg, aug_gen)
             stream = sampler.next_pass().to(device)
-            losses = feature_epoch(model, net, eps, data, stream, centroids, cfg, opt_features, ce_weights, aug_gen)
+            losses = feature_epoch(model, net, eps, data, stream, centroids, cfg, opt_features, ce_weights, aug_gen,
+                                   loss_fn)
             lr = cfg.feature_lr
         else:
             losses = classifier_epoch(model, data, stream, cfg, opt_classifier, classifier_weights, aug_gen)
@@ -119,9 +121,18 @@ def centroid_bank(model: nn.Module, net: Callable, data: LongTailData, stream: T
     return class_centroids(z, data.train_labels[stream], data.num_classes)
 
 
+def feature_losses(z: Tensor, logits: Tensor, y: Tensor, centroids: Tensor, eps: Tensor,
+                   ce_weights: Optional[Tensor], temperature: float, mode: str, ce_weight: float,
+                   robust_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (loss, CE, robust) of a feature-phase batch: loss = ce_weight * CE_w + robust_weight * robust."""
+    ce = weighted_cross_entropy(logits, y, ce_weights)
+    robust = robust_loss(z, y, centroids, eps, temperature, mode)
+    return ce_weight * ce + robust_weight * robust, ce, robust
+
+
 def feature_epoch(model: nn.Module, net: Callable, eps: nn.Parameter, data: LongTailData, stream: Tensor, centroids: Tensor,
                   cfg: Stage2Config, optimizer: torch.optim.Optimizer, ce_weights: Optional[Tensor],
-                  gen: torch.Generator) -> dict:
+                  gen: torch.Generator, loss_fn: Callable = feature_losses) -> dict:
     """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns mean losses."""
     model.train()
     model.fc.requires_grad_(False)
@@ -131,9 +142,8 @@ def feature_epoch(model: nn.Module, net: Callable, eps: nn.Parameter, data: Long
         x = speed.model_input(x, cfg.channels_last)
         with speed.autocast(stream.device, cfg.precision):
             z, logits = net(x)
-            ce = weighted_cross_entropy(logits, y, ce_weights)
-            robust = robust_loss(z, y, centroids, eps, cfg.temperature, cfg.mode)
-            loss = cfg.ce_weight * ce + cfg.robust_weight * robust
+            loss, ce, robust = loss_fn(z, logits, y, centroids, eps, ce_weights, cfg.temperature, cfg.mode,
+                                       cfg.ce_weight, cfg.robust_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from drolt import speed
-from drolt.config import Stage1Config
+from drolt.config import Stage1Config, Stage2Config
 from drolt.data import UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from drolt.model import resnet32
 from drolt.stage1 import train_stage1
+from drolt.stage2 import train_stage2
 
 CPU = torch.device("cpu")
 
@@ -66,18 +67,34 @@ def test_unknown_precision_is_rejected_with_the_allowed_values():
         Stage1Config(precision="fp16").validate()
 
 
-def test_a_compiled_stage_1_epoch_gives_the_plain_epoch_record(tmp_path):
-    # A whole epoch: train-mode steps, then eval-mode feature passes whose outputs extract() keeps across
-    # calls (with CUDA graphs those would be overwritten by the next replay without its copies).
-    write_synthetic_cifar(tmp_path, "cifar10", train_per_class=20, test_per_class=4, seed=0)
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    write_synthetic_cifar(root, "cifar10", train_per_class=20, test_per_class=4, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnofficialDataWarning)
-        data = load_long_tail("cifar10", tmp_path, rho=5)
+        return load_long_tail("cifar10", root, rho=5)
+
+
+def test_a_compiled_stage_1_epoch_gives_the_plain_epoch_record(small):
+    # A whole epoch: train-mode steps, then eval-mode feature passes whose outputs extract() keeps across
+    # calls (with CUDA graphs those would be overwritten by the next replay without its copies).
+    data = small
     cfg = dict(epochs=1, batch_size=32, lr=0.01, warmup_epochs=1, eval_batch_size=24)
     plain = train_stage1(Stage1Config(**cfg), data, CPU).last
     compiled = train_stage1(Stage1Config(**cfg, compile=True, compile_mode="reduce-overhead"), data, CPU).last
     assert compiled["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-3)
     assert compiled["top1"] == plain["top1"] and compiled["ncm_top1"] == plain["ncm_top1"]
+
+
+def test_compiled_stage_2_losses_give_the_plain_feature_epoch(small):
+    stage1 = train_stage1(Stage1Config(epochs=1, batch_size=32, lr=0.01, warmup_epochs=1), small, CPU).last_state
+    cfg = dict(epochs=1, classifier_epochs=0, batch_size=32)  # 2 batch sizes: a full and a last short batch
+    plain = train_stage2(Stage2Config(**cfg), small, stage1, CPU).last
+    compiled = train_stage2(Stage2Config(**cfg, compile_loss=True), small, stage1, CPU).last
+    for key in ("loss", "ce_loss", "robust_loss"):
+        assert compiled[key] == pytest.approx(plain[key], rel=1e-3), key  # 0.1%, as the compiled model
+    assert compiled["radii"] == pytest.approx(plain["radii"], rel=1e-3)
 
 
 def test_unknown_compile_mode_is_rejected_with_the_allowed_values():
