@@ -255,9 +255,9 @@ def _method_label(m: dict) -> str:
     return m["name"] if m["name"] != "dro_lt" else f"dro_lt_{m['mode']}"
 
 
-# Stage settings that enter a unit's id only away from their default: augment_batches gives the same images
-# either way, and compile_mode came after storage folders were written whose ids must stay valid.
-ID_IF_CHANGED = {"augment_batches": 8, "compile_mode": "default"}
+# Stage settings that enter a unit's id only away from their default: they came after storage folders were
+# written whose ids must stay valid (and augment_batches gives the same images either way).
+ID_IF_CHANGED = {"augment_batches": 8, "compile_mode": "default", "compile_loss": False}
 
 
 def _identity(config: Any) -> dict:
