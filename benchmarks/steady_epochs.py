@@ -17,6 +17,7 @@ import torch
 
 from benchmarks.bench_loops import device_name, parse_overrides, resolve_device, shortened, synthetic_long_tail
 from drolt.config import Stage1Config, Stage2Config
+from drolt.model import resnet32
 from drolt.stage1 import train_stage1
 from drolt.stage2 import train_stage2
 
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--rho", type=float, default=100.0)
     parser.add_argument("--fraction", type=float, default=1.0, help="of the data (bench_loops' shortening; "
                         "below 1 only to try the script on a CPU)")
+    parser.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2],
+                        help="stage 2 alone starts from freshly initialised weights (its timing is the same)")
     parser.add_argument("--set", action="append", default=[], metavar="stageN.KEY=VALUE")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -41,10 +44,15 @@ def main() -> None:
                                  Stage2Config(epochs=args.epochs, classifier_epochs=0))
     print(f"steady epochs: {device_name(device)} | torch {torch.__version__} | synthetic cifar10-LT rho "
           f"{args.rho:g}, {len(data.train_labels)} images | settings: {' '.join(args.set) or 'defaults'}")
-    stage1 = train_stage1(cfg1, data, device)
-    stage2 = train_stage2(cfg2, data, stage1.last_state, device)
+    histories = {}
+    weights = resnet32(data.num_classes).state_dict()
+    if 1 in args.stages:
+        stage1 = train_stage1(cfg1, data, device)
+        histories[1], weights = stage1.history, stage1.last_state
+    if 2 in args.stages:
+        histories[2] = train_stage2(cfg2, data, weights, device).history
     print(f"{'stage':>5}{'epoch':>6}{'epoch s':>9}{'train img/s':>13}")
-    for stage, history in ((1, stage1.history), (2, stage2.history)):
+    for stage, history in histories.items():
         for record in history:
             print(f"{stage:>5}{record['epoch']:>6}{record['epoch_time']:>9.2f}{record['train_images_per_s']:>13.0f}")
         later = [r["epoch_time"] for r in history[1:]]
