@@ -48,11 +48,11 @@ from drolt import speed
 from drolt.augment import stage1_train_transform, test_transform
 from drolt.config import Stage1Config, Stage2Config, from_dict
 from drolt.data import LongTailData, load_long_tail, long_tail_counts
-from drolt.losses import class_weights, robust_loss, weighted_cross_entropy
+from drolt.losses import class_weights
 from drolt.model import resnet32
 from drolt.sampling import make_sampler
 from drolt.stage1 import train_stage1
-from drolt.stage2 import train_augment, train_stage2
+from drolt.stage2 import feature_losses, train_augment, train_stage2
 from drolt.training import device_generator
 
 LOOPS = ("ref", "project", "compute")
@@ -268,7 +268,7 @@ def _forwards(net: Callable, x: Tensor, batch_size: int, cfg) -> None:
 
 def compute_stage1(data: LongTailData, cfg: Stage1Config, init: dict, device: torch.device) -> Run:
     model = fresh_model(data.num_classes, init, device)
-    net = speed.prepare(model, cfg.channels_last, cfg.compile)
+    net = speed.prepare(model, cfg.channels_last, cfg.compile, cfg.compile_mode)
     optimizer = stage1_sgd(model, cfg)
     x = stage1_train_transform(data.train_images.to(device), device_generator(device, cfg.seed))
     batches = list(zip(torch.split(x, cfg.batch_size), torch.split(data.train_labels.to(device), cfg.batch_size)))
@@ -293,7 +293,8 @@ def compute_stage1(data: LongTailData, cfg: Stage1Config, init: dict, device: to
 
 def compute_stage2(data: LongTailData, cfg: Stage2Config, init: dict, device: torch.device) -> Run:
     p = Stage2Parts(data, init, cfg, device)
-    net = speed.prepare(p.model, cfg.channels_last, cfg.compile)
+    net = speed.prepare(p.model, cfg.channels_last, cfg.compile, cfg.compile_mode)
+    loss_fn = speed.compiled(feature_losses) if cfg.compile_loss else feature_losses
     sampler = make_sampler(cfg.sampler, data.train_labels, data.num_classes, cfg.seed)
     stream = sampler.next_pass()
     x = train_augment(cfg, data.train_images[stream].to(device), device_generator(device, cfg.seed))
@@ -312,8 +313,8 @@ def compute_stage2(data: LongTailData, cfg: Stage2Config, init: dict, device: to
         for xb, yb in batches:
             with speed.autocast(device, cfg.precision):
                 z, logits = net(speed.model_input(xb, cfg.channels_last))
-                loss = (cfg.ce_weight * weighted_cross_entropy(logits, yb, p.ce_weights)
-                        + cfg.robust_weight * robust_loss(z, yb, centroids, p.eps, cfg.temperature, cfg.mode))
+                loss, _, _ = loss_fn(z, logits, yb, centroids, p.eps, p.ce_weights, cfg.temperature, cfg.mode,
+                                     cfg.ce_weight, cfg.robust_weight)
             p.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             p.optimizer.step()
