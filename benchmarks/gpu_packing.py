@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_loops import parse_overrides, shortened, synthetic_long_tail
+from benchmarks.common import parse_overrides, shortened, synthetic_long_tail
 from benchmarks.reference_style import available_cores
 from drolt.config import Stage1Config, Stage2Config
 from drolt.data import long_tail_counts

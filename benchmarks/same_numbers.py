@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from benchmarks.bench_loops import parse_overrides, resolve_device, shortened, synthetic_long_tail
+from benchmarks.common import parse_overrides, resolve_device, shortened, synthetic_long_tail
 from drolt.config import Stage1Config, Stage2Config
 from drolt.stage1 import train_stage1
 from drolt.stage2 import train_stage2

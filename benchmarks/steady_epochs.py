@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from benchmarks.bench_loops import device_name, parse_overrides, resolve_device, shortened, synthetic_long_tail
+from benchmarks.common import device_name, parse_overrides, resolve_device, shortened, synthetic_long_tail
 from drolt.config import Stage1Config, Stage2Config
 from drolt.model import resnet32
 from drolt.stage1 import train_stage1
