@@ -23,14 +23,23 @@ from drolt.model import resnet32
 from drolt.stage2 import feature_losses
 
 BATCH, CHUNK = 128, 8
+# Ops that only make views or allocate: they cost dispatch time but launch no kernel on a GPU.
+NO_KERNEL = {"as_strided", "view", "reshape", "_reshape_alias", "select", "slice", "unsqueeze", "squeeze", "expand",
+             "empty", "empty_strided", "empty_like", "resize_", "t", "transpose", "permute", "detach", "alias",
+             "unbind", "split", "split_with_sizes", "narrow", "lift_fresh", "unsafe_view", "_unsafe_view", "to",
+             "_to_copy", "contiguous", "expand_as", "view_as", "flatten", "numpy_T", "result_type"}
 
 
-def aten_ops(fn: Callable[[], object]) -> int:
-    """Returns how many ATen ops one call of `fn` dispatches (after one warm-up call)."""
+def aten_ops(fn: Callable[[], object]) -> tuple[int, int]:
+    """Returns (ATen ops, of which compute ops) one call of `fn` dispatches (after one warm-up call).
+
+    Compute ops are those other than views and allocations (`to` and `_to_copy` are counted by the
+    `copy_` they call when they convert)."""
     fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    counts = {e.key[6:]: e.count for e in prof.key_averages() if e.key.startswith("aten::")}
+    return sum(counts.values()), sum(c for name, c in counts.items() if name not in NO_KERNEL)
 
 
 def main() -> None:
@@ -60,10 +69,13 @@ def main() -> None:
         "stage-1 augmentation, per batch": augment(False),
         "stage-2 augmentation (crop, flip, AutoAugment, Cutout), per batch": augment(True),
     }
-    print(f"ATen ops dispatched per training step of {BATCH} images (CPU eager; on a GPU most are kernel launches)")
+    print(f"ATen ops dispatched per training step of {BATCH} images (CPU eager); compute ops: those other than "
+          "views and allocations, each a kernel launch on a GPU")
+    print(f"{'all':>6}{'compute':>9}  part")
     for name, fn in parts.items():
-        count = aten_ops(fn) / (CHUNK if "augmentation" in name else 1)
-        print(f"{count:>8.0f}  {name}")
+        share = CHUNK if "augmentation" in name else 1
+        total, compute = aten_ops(fn)
+        print(f"{total / share:>6.0f}{compute / share:>9.0f}  {name}")
 
 
 if __name__ == "__main__":
