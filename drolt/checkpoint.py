@@ -51,17 +51,23 @@ def save_state_keeping_previous(state: dict, path: str | Path) -> None:
 class FolderBusy(RuntimeError):
     """Another process holds the folder's lock: it is training into that folder."""
 
+    def __init__(self, message: str, who: str):
+        super().__init__(message)
+        self.who = who  # what the holder wrote: "pid N on host"
+
 
 @contextmanager
-def folder_lock(folder: str | Path, wait_s: float = 0.0, holder: str = "another drolt process") -> Iterator[None]:
-    """Holds the exclusive lock of `folder` (its .lock file, released when the process dies, even by SIGKILL).
+def folder_lock(folder: str | Path, wait_s: float = 0.0, holder: str = "another drolt process",
+                name: str = ".lock") -> Iterator[None]:
+    """Holds the exclusive lock of `folder` (the file `name` in it, released when the process dies, even by
+    SIGKILL); the file says who holds it while it is held.
 
     Waits up to `wait_s` seconds for another holder (a worker orphaned by a killed driver outlives it by
     seconds), then raises FolderBusy.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as f:
+    with open(folder / name, "a+") as f:
         deadline = time.time() + wait_s
         while True:
             try:
@@ -70,15 +76,19 @@ def folder_lock(folder: str | Path, wait_s: float = 0.0, holder: str = "another 
             except BlockingIOError:
                 if time.time() >= deadline:
                     f.seek(0)  # "a+" opens at the end
-                    raise FolderBusy(f"{folder} is locked by {f.read().strip() or 'another process'}: is "
-                                     f"{holder} training into it? Wait for it to finish, or use another "
-                                     "folder") from None
+                    who = f.read().strip() or "another process"
+                    raise FolderBusy(f"{folder} is locked by {who}: is {holder} training into it? Wait for it "
+                                     "to finish, or use another folder", who) from None
                 time.sleep(0.5)
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")  # who trains it, for people and tests
         f.flush()
-        yield
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
 
 
 def discard_partial_writes(folder: str | Path) -> list[Path]:

@@ -23,7 +23,8 @@ from typing import Callable, Optional
 import torch
 import yaml
 
-from .checkpoint import discard_partial_writes, folder_lock, load_state, read_json, save_state, save_state_keeping_previous, write_json, write_jsonl
+from .checkpoint import (discard_partial_writes, folder_lock, load_state, read_json, save_state,
+                         save_state_keeping_previous, write_json, write_jsonl)
 from .config import DataConfig, Stage1Config, Stage2Config, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from .provenance import provenance

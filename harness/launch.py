@@ -6,16 +6,16 @@ raise when trials fail, so the outcome is read back from the unit folders, which
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .grid import Grid, Unit
 from .plan import Plan, make_plan
+from drolt.checkpoint import FolderBusy, folder_lock
 from drolt.unit import epochs_done, record_failure
 
 from .storage import prepare, read_state
@@ -36,25 +36,13 @@ class LaunchError(RuntimeError):
 @contextmanager
 def storage_lock(storage: Path) -> Iterator[None]:
     """Holds an exclusive lock on the storage folder, so two `drolt run`s never train the same unit."""
-    storage.mkdir(parents=True, exist_ok=True)
-    path = storage / ".drolt-run.lock"
-    with open(path, "a+") as f:
+    with ExitStack() as held:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise LaunchError(f"storage {storage} is in use by another `drolt run` ({holder}); wait for it to "
+            held.enter_context(folder_lock(storage, holder="another `drolt run`", name=".drolt-run.lock"))
+        except FolderBusy as busy:
+            raise LaunchError(f"storage {storage} is in use by another `drolt run` ({busy.who}); wait for it to "
                               "finish, or give this run another --storage") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {os.uname().nodename}")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
+        yield
 
 
 def start_ray(address: Optional[str], log: Log) -> None:
