@@ -11,9 +11,12 @@ os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "http_proxy": "http://127.0.0
                    "https_proxy": "http://127.0.0.1:9", "no_proxy": "localhost,127.0.0.1,127.0.0.2",
                    "DROLT_RAY_NODE_IP": "127.0.0.1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
 
+import warnings
+from typing import Callable
+
 import pytest
 
-from drolt.data import write_synthetic_cifar
+from drolt.data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +30,17 @@ def synthetic_cifar_root(tmp_path_factory) -> Path:
     write_synthetic_cifar(root, "cifar10", train_per_class=100, test_per_class=10, seed=0)
     write_synthetic_cifar(root, "cifar100", train_per_class=100, test_per_class=2, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def small_long_tail(tmp_path_factory) -> Callable[[int, int, float], LongTailData]:
+    """Returns make(train_per_class, test_per_class, rho): a synthetic CIFAR-10 folder written anew and its
+    long-tailed subset loaded (the stand-in's md5 warning silenced)."""
+    def make(train_per_class: int, test_per_class: int, rho: float) -> LongTailData:
+        root = tmp_path_factory.mktemp("small")
+        write_synthetic_cifar(root, "cifar10", train_per_class=train_per_class, test_per_class=test_per_class,
+                              seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnofficialDataWarning)
+            return load_long_tail("cifar10", root, rho=rho)
+    return make

@@ -1,13 +1,10 @@
 """Each speed setting computes what the plain path computes: same seed, a few SGD steps, losses compared."""
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from drolt import speed
 from drolt.config import Stage1Config, Stage2Config
-from drolt.data import UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from drolt.model import resnet32
 from drolt.stage1 import train_stage1
 from drolt.stage2 import train_stage2
@@ -68,12 +65,8 @@ def test_unknown_precision_is_rejected_with_the_allowed_values():
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("small")
-    write_synthetic_cifar(root, "cifar10", train_per_class=20, test_per_class=4, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnofficialDataWarning)
-        return load_long_tail("cifar10", root, rho=5)
+def small(small_long_tail):
+    return small_long_tail(20, 4, 5)
 
 
 def test_a_compiled_stage_1_epoch_gives_the_plain_epoch_record(small):

@@ -1,13 +1,11 @@
 """End-to-end stage 1 -> stage 2 on tiny synthetic data: records, selection, resume and determinism."""
 import math
-import warnings
 
 import pytest
 import torch
 
 from drolt.augment import stage1_train_transform, stage2_train_transform
 from drolt.config import Stage1Config, Stage2Config
-from drolt.data import UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from drolt.stage1 import lr_at, train_stage1
 from drolt.stage2 import train_stage2
 from drolt.training import TrainingDiverged, augmented_batches
@@ -19,12 +17,8 @@ STAGE2_FIELDS = {"stage", "epoch", "phase", "lr", "loss", "ce_loss", "robust_los
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    write_synthetic_cifar(root, "cifar10", train_per_class=30, test_per_class=5, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnofficialDataWarning)
-        return load_long_tail("cifar10", root, rho=10)
+def tiny(small_long_tail):
+    return small_long_tail(30, 5, 10)
 
 
 def s1(**kw):
