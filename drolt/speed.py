@@ -6,7 +6,7 @@ tolerance for bf16), so turning one on is a speed choice, not a change of method
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager
+from typing import Any, Callable, Collection, ContextManager, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,23 +27,36 @@ def model_input(x: Tensor, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def prepare(model: nn.Module, channels_last: bool, compile: bool,
-            compile_mode: str = "default") -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+def prepare(model: nn.Module, channels_last: bool, compile: bool, compile_mode: str = "default",
+            sizes: Optional[Collection[int]] = None) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """Sets the model's memory format and returns the callable to run it with (compiled or the model itself).
 
     The compiled wrapper shares the model's parameters, so state dicts are still taken from `model`.
     A CUDA-graph replay overwrites the previous replay's outputs, so callers that keep outputs across calls
-    copy them (`training.extract` does).
+    copy them (`training.extract` does). `sizes`: see `compiled`.
     """
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return compiled(model, compile_mode) if compile else model
+    return compiled(model, compile_mode, sizes) if compile else model
 
 
-def compiled(fn: Callable, mode: str = "default") -> Callable:
+def compiled(fn: Callable, mode: str = "default", sizes: Optional[Collection[int]] = None) -> Callable:
     """Returns `fn` under torch.compile with static shapes: an epoch has a handful of batch sizes, and static
-    graphs are the fast ones (with CUDA graphs, one recorded graph each)."""
+    graphs are the fast ones (with CUDA graphs, one recorded graph each).
+
+    With `sizes`, only calls whose first argument has one of these batch sizes run compiled; the others (the
+    short last batch of a pass, the last chunk of an evaluation) run `fn` eagerly. Each compiled size costs
+    a compilation (tens of seconds on a GPU, more on a CPU) and a CUDA-graph recording, which a batch seen
+    once an epoch never pays back.
+    """
     # One graph per (batch size, train/eval, frozen classifier): a process that runs both stages, or a
     # benchmark, needs more than dynamo's default 8, after which it silently falls back to eager.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, mode=mode, dynamic=False)
+    fast = torch.compile(fn, mode=mode, dynamic=False)
+    if sizes is None:
+        return fast
+    sizes = frozenset(sizes)
+
+    def run(x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        return (fast if x.shape[0] in sizes else fn)(x, *args, **kwargs)
+    return run

@@ -39,7 +39,8 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     C = data.num_classes
     model: ResNetCifar = resnet32(C).to(device)
     model.load_state_dict(stage1_state)
-    net = speed.prepare(model, cfg.channels_last, cfg.compile, cfg.compile_mode)
+    net = speed.prepare(model, cfg.channels_last, cfg.compile, cfg.compile_mode,
+                        sizes=(cfg.batch_size, cfg.eval_batch_size))
     eps = nn.Parameter(torch.full((C,), cfg.eps_init, device=device))  # learned radii, one per class
     backbone = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
     opt_features = torch.optim.SGD(backbone + [eps], lr=cfg.feature_lr, momentum=cfg.momentum,
@@ -51,7 +52,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     ce_weights = _weights(data.class_counts, cfg.ce_weights, device)
     classifier_weights = _weights(data.class_counts, cfg.classifier_weights, device)
     first_classifier_epoch = cfg.epochs - cfg.classifier_epochs
-    loss_fn = speed.compiled(feature_losses) if cfg.compile_loss else feature_losses
+    loss_fn = speed.compiled(feature_losses, sizes=(cfg.batch_size,)) if cfg.compile_loss else feature_losses
     start, history = 0, []
     best_features = best_classifier = None  # best test NCM in the feature phase, best top-1 afterwards
     if resume is not None:

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 from drolt import speed
 from drolt.config import Stage1Config, Stage2Config
@@ -73,11 +74,17 @@ def test_a_compiled_stage_1_epoch_gives_the_plain_epoch_record(small):
     # A whole epoch: train-mode steps, then eval-mode feature passes whose outputs extract() keeps across
     # calls (with CUDA graphs those would be overwritten by the next replay without its copies).
     data = small
-    cfg = dict(epochs=1, batch_size=32, lr=0.01, warmup_epochs=1, eval_batch_size=24)
+    cfg = dict(epochs=1, batch_size=28, lr=0.01, warmup_epochs=1, eval_batch_size=36)
+    assert len(data.train_labels) % 28 and len(data.train_labels) % 36 and len(data.test_labels) % 36
     plain = train_stage1(Stage1Config(**cfg), data, CPU).last
+    torch._dynamo.reset()
+    counters.clear()
     compiled = train_stage1(Stage1Config(**cfg, compile=True, compile_mode="reduce-overhead"), data, CPU).last
     assert compiled["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-3)
     assert compiled["top1"] == plain["top1"] and compiled["ncm_top1"] == plain["ncm_top1"]
+    # One training and one evaluation graph: the short last batch and the evaluation's last chunks run
+    # eagerly instead of costing a compilation (and a CUDA-graph recording) each.
+    assert counters["stats"]["unique_graphs"] == 2
 
 
 def test_compiled_stage_2_losses_give_the_plain_feature_epoch(small):
