@@ -42,7 +42,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from benchmarks.common import device_name, parse_overrides, resolve_device, shortened, synthetic_long_tail
+from benchmarks.common import (device_name, parse_overrides, resolve_device, shortened, sync,
+                               synthetic_long_tail)
 from benchmarks.reference_style import ReferenceLoop
 from drolt import speed
 from drolt.augment import stage1_train_transform, test_transform
@@ -71,11 +72,6 @@ def stream_images(data: LongTailData, stage: int) -> int:
 
 # ---------------------------------------------------------------------------------------------------------
 # Measuring
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _tree_pss_mib(root: int) -> float:
@@ -347,20 +343,7 @@ def measure(args: argparse.Namespace) -> dict:
                "eval_images": {s: len(data[s].train_labels) + len(data[s].test_labels) for s in (1, 2)},
                "test_images": {s: len(data[s].test_labels) for s in (1, 2)},
                "failed": {f"stage {s} {loop}": why for (s, loop), why in failed.items()}}
-    if args.profile:
-        context["profile"] = profile(prepare[(2, "project")](), device)
     return {"context": context, "runs": runs}
-
-
-def profile(run: Run, device: torch.device, rows: int = 12) -> str:
-    """Returns torch.profiler's table of the ops taking most self time in one call of `run`."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch_profile(activities=activities) as prof:
-        run()
-        sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
 def summarise(measured: dict) -> dict:
@@ -403,8 +386,6 @@ def print_report(measured: dict, table: dict) -> None:
           "(target <= 1.2).")
     for what, why in ctx["failed"].items():
         print(f"FAILED {what}: {why}")
-    if "profile" in ctx:
-        print(ctx["profile"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -421,7 +402,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=None, help="ref DataLoader workers (default: cores)")
     parser.add_argument("--set", action="append", default=[], metavar="stageN.KEY=VALUE",
                         help="a stage setting for (b) and (c), e.g. stage2.precision=bf16 (repeatable)")
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of (b) stage 2")
     parser.add_argument("--json", default=None, help="write the results here (gpu_packing --loops-json reads it)")
     args = parser.parse_args(argv)
     if args.batches < 1 or args.repeats < 1 or args.warmup < 0:
@@ -430,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
     measured = measure(args)
     table = summarise(measured)
     print_report(measured, table)
-    out = {"context": {k: v for k, v in measured["context"].items() if k != "profile"},
+    out = {"context": measured["context"],
            "results": {f"stage{s}/{loop}": row for (s, loop), row in table.items()}}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -1,14 +1,14 @@
 """What the benchmark scripts share: synthetic CIFAR-LT-sized data and its shortened copies, `--set`
-overrides of stage settings, and the device to run on."""
+overrides of stage settings, and the machine: device, cores, syncing."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 
 import numpy as np
 import torch
 
-from benchmarks.reference_style import available_cores
 from drolt.config import Stage1Config, Stage2Config, from_dict
 from drolt.data import LongTailData, long_tail_counts
 
@@ -52,6 +52,25 @@ def shortened(data: LongTailData, stage: int, images: int, seed: int = 0) -> Lon
         keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:max(1, round(scale * n_c))]
                                for c, n_c in enumerate(np.bincount(labels, minlength=data.num_classes))])
     return subset(data, keep, rng.permutation(n_test)[:max(1, round(scale * n_test))])
+
+
+def scaled(data: LongTailData, fraction: float) -> LongTailData:
+    """Returns `fraction` of the data set, every class kept in proportion (so the class-aware stream pass and
+    the test set shrink by `fraction` too); 1 returns `data`."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    return data if fraction == 1 else shortened(data, 2, round(fraction * max(data.class_counts) * data.num_classes))
+
+
+def available_cores() -> int:
+    """Returns how many CPU cores this process may run on (the reference loop's DataLoader workers)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def sync(device: torch.device) -> None:
+    """Waits for the device's queued work, so a timer read after it includes that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def parse_overrides(pairs: list[str], cfg1: Stage1Config, cfg2: Stage2Config) -> tuple[Stage1Config, Stage2Config]:

@@ -31,8 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import parse_overrides, shortened, synthetic_long_tail
-from benchmarks.reference_style import available_cores
+from benchmarks.common import available_cores, parse_overrides, shortened, synthetic_long_tail
 from drolt.config import Stage1Config, Stage2Config
 from drolt.data import long_tail_counts
 from drolt.stage1 import train_stage1

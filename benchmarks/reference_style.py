@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
+from benchmarks.common import available_cores, sync
 from drolt.config import Stage2Config
 from drolt.data import LongTailData
 from drolt.losses import robust_loss, weighted_cross_entropy
@@ -206,11 +206,6 @@ class ClassAwareSampler(Sampler[int]):
         return self.num_samples
 
 
-def available_cores() -> int:
-    """Returns how many CPU cores this process may run on (the reference's worker count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def _cudnn_autotune() -> Iterator[None]:
     """Turns cudnn's autotuner on for the block, as LDAM-DRW's script does, and restores the setting after."""
@@ -220,11 +215,6 @@ def _cudnn_autotune() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = previous
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -265,7 +255,7 @@ class ReferenceLoop:
     def _timed(self, passes: dict, name: str, fn: Callable[[], object]) -> object:
         t0 = time.perf_counter()
         out = fn()
-        _sync(self.device)
+        sync(self.device)
         passes[name] = time.perf_counter() - t0
         return out
 

@@ -15,13 +15,12 @@ import statistics
 
 import torch
 
-from benchmarks.common import device_name, parse_overrides, resolve_device, shortened, synthetic_long_tail
+from benchmarks.common import device_name, parse_overrides, resolve_device, scaled, synthetic_long_tail
 from drolt.config import Stage1Config, Stage2Config
 from drolt.model import resnet32
 from drolt.stage1 import train_stage1
 from drolt.stage2 import train_stage2
 
-STREAM_PASS = 50000  # CIFAR-10-LT's class-aware pass: the largest class (5,000) x 10 classes
 
 
 def main() -> None:
@@ -29,17 +28,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--epochs", type=int, default=3, help="whole epochs per stage (the first one warms up)")
     parser.add_argument("--rho", type=float, default=100.0)
-    parser.add_argument("--fraction", type=float, default=1.0, help="of the data (bench_loops' shortening; "
-                        "below 1 only to try the script on a CPU)")
+    parser.add_argument("--fraction", type=float, default=1.0, help="of the data, every class in proportion "
+                        "(below 1 only to try the script on a CPU)")
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2],
                         help="stage 2 alone starts from freshly initialised weights (its timing is the same)")
     parser.add_argument("--set", action="append", default=[], metavar="stageN.KEY=VALUE")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    data = synthetic_long_tail("cifar10", args.rho)
-    if args.fraction < 1:
-        data = shortened(data, 2, round(args.fraction * STREAM_PASS))
-    data = data.to(device)
+    data = scaled(synthetic_long_tail("cifar10", args.rho), args.fraction).to(device)
     cfg1, cfg2 = parse_overrides(args.set, Stage1Config(epochs=args.epochs),
                                  Stage2Config(epochs=args.epochs, classifier_epochs=0))
     print(f"steady epochs: {device_name(device)} | torch {torch.__version__} | synthetic cifar10-LT rho "
