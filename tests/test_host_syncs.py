@@ -1,0 +1,95 @@
+"""The training loops never make the host wait for a GPU once per batch (speed issue, item 1).
+
+On a GPU the calls counted here (a tensor read on the host, a data-dependent output size) block until the
+device has finished its queue, so one per batch would stall every step. On a CPU they cost nothing, but
+they are the same calls: counting them over an epoch with different batch sizes shows which ones scale
+with the batches.
+"""
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from drolt.config import Stage1Config, Stage2Config
+from drolt.stage1 import train_stage1
+from drolt.stage2 import train_stage2
+
+CPU = torch.device("cpu")
+# Tensor reads on the host, and ops whose output size depends on the data (CUDA reads that size back).
+SYNCING = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__format__", "__repr__", "cpu",
+           "numpy", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
+           "repeat_interleave"}
+INDEXING = {"__getitem__", "__setitem__", "index_put", "index_put_"}  # sync when indexed by a bool mask
+DROLT = str(Path(__file__).resolve().parents[1] / "drolt")
+
+
+class HostSyncs(TorchFunctionMode):
+    """Counts, per calling line in drolt/, the torch calls that would wait for a GPU's queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in SYNCING or (name in INDEXING and any(_is_mask(a) for a in _flat(args[1:2]))):
+            self.calls[f"{name} at {_drolt_caller()}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _flat(args: tuple) -> list:
+    out = []
+    for a in args:
+        out.extend(_flat(a) if isinstance(a, (tuple, list)) else [a])
+    return out
+
+
+def _is_mask(a) -> bool:
+    return isinstance(a, torch.Tensor) and a.dtype == torch.bool
+
+
+def _drolt_caller() -> str:
+    for frame in reversed(traceback.extract_stack()[:-2]):  # not this function, not __torch_function__
+        if frame.filename.startswith(DROLT):
+            return f"{Path(frame.filename).name}:{frame.lineno}"
+    return "outside drolt"
+
+
+def _syncs(run) -> Counter:
+    with HostSyncs() as counter:
+        run()
+    return counter.calls
+
+
+@pytest.fixture(scope="module")
+def data(small_long_tail):
+    return small_long_tail(40, 4, 5)
+
+
+def test_a_stage_1_epoch_syncs_as_often_with_twice_the_batches(data):
+    def epoch(batch_size):
+        cfg = Stage1Config(epochs=1, batch_size=batch_size, lr=0.01, warmup_epochs=1, eval_batch_size=64)
+        return _syncs(lambda: train_stage1(cfg, data, CPU))
+
+    few, many = epoch(32), epoch(16)
+    assert len(data.train_labels) // 16 > len(data.train_labels) // 32 >= 2
+    assert many == few, f"syncs that grow with the batches: {many - few}"
+
+
+def test_stage_2_syncs_grow_with_augmentation_chunks_not_batches(data):
+    # The same 64-image augmentation chunks, cut into batches of 32 or of 16: only AutoAugment's grouping
+    # reads back per chunk; nothing else reads per batch, in the feature or the classifier epoch.
+    stage1 = train_stage1(Stage1Config(epochs=1, batch_size=32, lr=0.01, warmup_epochs=1), data, CPU).last_state
+
+    def epochs(batch_size, augment_batches):
+        cfg = Stage2Config(epochs=2, classifier_epochs=1, batch_size=batch_size, augment_batches=augment_batches,
+                           eval_batch_size=64)
+        return _syncs(lambda: train_stage2(cfg, data, stage1, CPU))
+
+    few, many = epochs(32, 2), epochs(16, 4)
+    assert many == few, f"syncs that grow with the batches: {many - few}"
+    per_chunk = epochs(16, 2) - few  # half the chunk: twice the chunks
+    assert per_chunk and all("autoaugment.py" in where for where in per_chunk), per_chunk
