@@ -22,7 +22,6 @@ from drolt.stage1 import train_stage1
 from drolt.stage2 import train_stage2
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -47,7 +47,8 @@ def compiled(fn: Callable, mode: str = "default", sizes: Optional[Collection[int
     With `sizes`, only calls whose first argument has one of these batch sizes run compiled; the others (the
     short last batch of a pass, the last chunk of an evaluation) run `fn` eagerly. Each compiled size costs
     a compilation (tens of seconds on a GPU, more on a CPU) and a CUDA-graph recording, which a batch seen
-    once an epoch never pays back.
+    once an epoch never pays back. Sizes are told apart by the batch size alone: were an evaluation's last
+    chunk exactly `batch_size` images, it would run compiled (one more graph, the same results).
     """
     # One graph per (batch size, train/eval, frozen classifier): a process that runs both stages, or a
     # benchmark, needs more than dynamo's default 8, after which it silently falls back to eager.

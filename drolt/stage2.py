@@ -131,8 +131,8 @@ def feature_losses(z: Tensor, logits: Tensor, y: Tensor, centroids: Tensor, eps:
     return ce_weight * ce + robust_weight * robust, ce, robust
 
 
-def feature_epoch(model: nn.Module, net: Callable, eps: nn.Parameter, data: LongTailData, stream: Tensor, centroids: Tensor,
-                  cfg: Stage2Config, optimizer: torch.optim.Optimizer, ce_weights: Optional[Tensor],
+def feature_epoch(model: nn.Module, net: Callable, eps: nn.Parameter, data: LongTailData, stream: Tensor,
+                  centroids: Tensor, cfg: Stage2Config, optimizer: torch.optim.Optimizer, ce_weights: Optional[Tensor],
                   gen: torch.Generator, loss_fn: Callable = feature_losses) -> dict:
     """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns mean losses."""
     model.train()

@@ -27,7 +27,8 @@ class TrainingDiverged(RuntimeError):
 class StageResult:
     history: list[dict]       # one record per epoch
     last: dict                # the last epoch's record
-    best: dict                # the best-on-test epoch's record (test top-1)
+    best: dict                # the best-on-test epoch's record (test top-1; a stage 2 without classifier
+                              # epochs: test NCM top-1)
     selected: str             # "best" (faithful: selection on test) or "last" (clean): what the mode reports
     best_state: dict          # model weights of the best-on-test epoch
     last_state: dict          # model weights after the last epoch
@@ -99,7 +100,8 @@ def augmented_batches(data: LongTailData, stream: Tensor, batch_size: int, gen: 
     """
     for chunk in torch.split(stream, batch_size * chunk_batches):
         parts = batches(chunk, batch_size)
-        draws = concat_draws([draw(len(p), gen, stream.device, autoaugment, use_cutout) for p in parts])
+        draws = concat_draws([draw(len(p), gen, stream.device, autoaugment, use_cutout,
+                                   image_size=data.train_images.shape[2]) for p in parts])
         images = apply_draws(data.train_images[chunk], draws)
         for x, part in zip(torch.split(images, batch_size), parts):
             yield x, data.train_labels[part]
