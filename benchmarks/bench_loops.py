@@ -315,11 +315,11 @@ def measure(args: argparse.Namespace) -> dict:
         (2, "project"): lambda: project_stage2(data[2], cfg2, init, device),
         (2, "compute"): lambda: compute_stage2(data[2], cfg2, init, device),
     }
-    runs: dict = {key: [] for key in prepare if key[0] in args.stages}
+    runs: dict = {key: [] for key in prepare if key[0] in args.stages and key[1] in args.loops}
     failed: dict = {}
     for stage in args.stages:
         for r in range(args.warmup + args.repeats):
-            for loop in LOOPS:  # interleaved, so drifts in machine load hit every loop alike
+            for loop in args.loops:  # interleaved, so drifts in machine load hit every loop alike
                 if (stage, loop) in failed:
                     continue
                 try:
@@ -356,11 +356,11 @@ def summarise(measured: dict) -> dict:
             "images_per_s": ctx["stream_images"][stage] / statistics.median(seconds),
             "passes": {k: statistics.median(r["passes"][k] for r in results) for k in results[0]["passes"]},
             "peak_mib": max(r["peak_mib"] for r in results)}
-    for stage in {s for s, _ in table}:
+    nan = {"seconds": float("nan")}
+    for stage in {s for s, loop in table if loop == "project"}:
         row = table[(stage, "project")]
-        ref = table.get((stage, "ref"), {"seconds": float("nan")})
-        row["speedup_vs_ref"] = ref["seconds"] / row["seconds"]
-        row["time_vs_compute"] = row["seconds"] / table[(stage, "compute")]["seconds"]
+        row["speedup_vs_ref"] = table.get((stage, "ref"), nan)["seconds"] / row["seconds"]
+        row["time_vs_compute"] = row["seconds"] / table.get((stage, "compute"), nan)["seconds"]
     return table
 
 
@@ -396,6 +396,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per loop; medians are reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per loop first")
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    parser.add_argument("--loops", nargs="+", default=list(LOOPS), choices=LOOPS,
+                        help="which loops to time (e.g. ref alone at full size: --loops ref --batches 390)")
     parser.add_argument("--data", default=None, help="folder holding cifar-10-batches-py (else synthetic data)")
     parser.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
     parser.add_argument("--rho", type=float, default=100.0)

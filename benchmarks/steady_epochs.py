@@ -39,21 +39,23 @@ def main() -> None:
                                  Stage2Config(epochs=args.epochs, classifier_epochs=0))
     print(f"steady epochs: {device_name(device)} | torch {torch.__version__} | synthetic cifar10-LT rho "
           f"{args.rho:g}, {len(data.train_labels)} images | settings: {' '.join(args.set) or 'defaults'}")
+    print(f"{'stage':>5}{'epoch':>6}{'epoch s':>9}{'train img/s':>13}", flush=True)
+
+    def show(record: dict, state: dict) -> None:  # as each epoch ends, so a run cut short still reports
+        print(f"{record['stage']:>5}{record['epoch']:>6}{record['epoch_time']:>9.2f}"
+              f"{record['train_images_per_s']:>13.0f}", flush=True)
+
     histories = {}
     weights = resnet32(data.num_classes).state_dict()
     if 1 in args.stages:
-        stage1 = train_stage1(cfg1, data, device)
+        stage1 = train_stage1(cfg1, data, device, on_epoch=show)
         histories[1], weights = stage1.history, stage1.last_state
     if 2 in args.stages:
-        histories[2] = train_stage2(cfg2, data, weights, device).history
-    print(f"{'stage':>5}{'epoch':>6}{'epoch s':>9}{'train img/s':>13}")
+        histories[2] = train_stage2(cfg2, data, weights, device, on_epoch=show).history
     for stage, history in histories.items():
-        for record in history:
-            print(f"{stage:>5}{record['epoch']:>6}{record['epoch_time']:>9.2f}{record['train_images_per_s']:>13.0f}")
         later = [r["epoch_time"] for r in history[1:]]
         if later:
             print(f"stage {stage}: steady epoch {statistics.median(later):.2f} s (median of epochs after the first)")
-
 
 if __name__ == "__main__":
     main()

@@ -1,13 +1,15 @@
 """The training loops never make the host wait for a GPU once per batch (speed issue, item 1).
 
-On a GPU the calls counted here (a tensor read on the host, a data-dependent output size) block until the
-device has finished its queue, so one per batch would stall every step. On a CPU they cost nothing, but
-they are the same calls: counting them over an epoch with different batch sizes shows which ones scale
-with the batches.
+On a GPU the calls counted here (a tensor read on the host, a data-dependent output size, a tensor made
+from host data on the device) block until the device has finished its queue, so one per batch would stall
+every step. On a CPU they cost nothing, but they are the same calls: counting them over an epoch with
+different batch sizes shows which ones scale with the batches. Not seen: a host tensor moved with
+`.to(device)`, which on a CPU is the same call as a no-op move.
 """
 import traceback
 from collections import Counter
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -19,10 +21,11 @@ from drolt.stage2 import train_stage2
 
 CPU = torch.device("cpu")
 # Tensor reads on the host, and ops whose output size depends on the data (CUDA reads that size back).
-SYNCING = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__format__", "__repr__", "cpu",
-           "numpy", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
-           "repeat_interleave"}
+SYNCING = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__format__", "__repr__",
+           "__contains__", "__array__", "cpu", "numpy", "equal", "allclose", "is_nonzero", "nonzero", "argwhere",
+           "masked_select", "unique", "unique_consecutive", "bincount", "repeat_interleave"}
 INDEXING = {"__getitem__", "__setitem__", "index_put", "index_put_"}  # sync when indexed by a bool mask
+FROM_HOST = {"tensor", "as_tensor"}  # with device=: a copy from host memory
 DROLT = str(Path(__file__).resolve().parents[1] / "drolt")
 
 
@@ -33,11 +36,13 @@ class HostSyncs(TorchFunctionMode):
         super().__init__()
         self.calls: Counter = Counter()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name in SYNCING or (name in INDEXING and any(_is_mask(a) for a in _flat(args[1:2]))):
+        if (name in SYNCING or (name in INDEXING and any(_is_mask(a) for a in _flat(args[1:2])))
+                or (name == "where" and len(args) == 1) or (name in FROM_HOST and "device" in kwargs)):
             self.calls[f"{name} at {_drolt_caller()}"] += 1
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 def _flat(args: tuple) -> list:
@@ -47,7 +52,7 @@ def _flat(args: tuple) -> list:
     return out
 
 
-def _is_mask(a) -> bool:
+def _is_mask(a: Any) -> bool:
     return isinstance(a, torch.Tensor) and a.dtype == torch.bool
 
 
@@ -58,7 +63,7 @@ def _drolt_caller() -> str:
     return "outside drolt"
 
 
-def _syncs(run) -> Counter:
+def _syncs(run: Callable[[], Any]) -> Counter:
     with HostSyncs() as counter:
         run()
     return counter.calls
@@ -69,14 +74,17 @@ def data(small_long_tail):
     return small_long_tail(40, 4, 5)
 
 
-def test_a_stage_1_epoch_syncs_as_often_with_twice_the_batches(data):
+@pytest.mark.parametrize("method", ["ce", "ldam_drw"])
+def test_a_stage_1_epoch_syncs_as_often_with_twice_the_batches(data, method):
     def epoch(batch_size):
-        cfg = Stage1Config(epochs=1, batch_size=batch_size, lr=0.01, warmup_epochs=1, eval_batch_size=64)
+        cfg = Stage1Config(epochs=1, method=method, batch_size=batch_size, lr=0.01, warmup_epochs=1,
+                           eval_batch_size=2 * batch_size, drw_start_epoch=0)
         return _syncs(lambda: train_stage1(cfg, data, CPU))
 
-    few, many = epoch(32), epoch(16)
     assert len(data.train_labels) // 16 > len(data.train_labels) // 32 >= 2
-    assert many == few, f"syncs that grow with the batches: {many - few}"
+    few, many = epoch(32), epoch(16)  # twice the training batches and evaluation chunks
+    # (a one-off, e.g. a cached table made on first use, is counted in the first run only)
+    assert not many - few, f"syncs that grow with the batches: {many - few}"
 
 
 def test_stage_2_syncs_grow_with_augmentation_chunks_not_batches(data):
@@ -90,6 +98,6 @@ def test_stage_2_syncs_grow_with_augmentation_chunks_not_batches(data):
         return _syncs(lambda: train_stage2(cfg, data, stage1, CPU))
 
     few, many = epochs(32, 2), epochs(16, 4)
-    assert many == few, f"syncs that grow with the batches: {many - few}"
+    assert not many - few, f"syncs that grow with the batches: {many - few}"
     per_chunk = epochs(16, 2) - few  # half the chunk: twice the chunks
     assert per_chunk and all("autoaugment.py" in where for where in per_chunk), per_chunk

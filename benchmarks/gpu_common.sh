@@ -1,0 +1,31 @@
+# What the GPU scripts share (sourced, not run): the paper grid's fast settings, and `step`, which runs one
+# part under its time limit, keeps what it printed as it printed it, and records how it ended.
+set -u -o pipefail
+OUT=${OUT:-$(mktemp -d)}     # a fresh folder unless told: files are appended to, never mixed with old runs
+BUDGET_S=${BUDGET_S:-540}    # a part starts only if its limit fits in what is left: one 10-minute device call
+mkdir -p "$OUT"
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+FAST1=(--set stage1.channels_last=true --set stage1.precision=bf16 --set stage1.compile=true
+       --set stage1.compile_mode=reduce-overhead)
+FAST2=(--set stage2.channels_last=true --set stage2.precision=bf16 --set stage2.compile=true
+       --set stage2.compile_mode=reduce-overhead)
+WORST=0
+
+step() {  # step LIMIT_S OUTPUT_FILE COMMAND...
+    local limit=$1 file=$OUT/$2 rc
+    shift 2
+    if (( SECONDS + limit > BUDGET_S )); then
+        echo "$(date +%T) skipped, ${limit} s not left of ${BUDGET_S}: $*" | tee -a "$file"
+        return
+    fi
+    echo "$(date +%T) $*" | tee -a "$file"
+    timeout "$limit" "$@" 2>&1 | grep --line-buffered -v Warning | tee -a "$file"
+    rc=${PIPESTATUS[0]}
+    if (( rc != 0 )); then
+        echo "$(date +%T) exit $rc$( ((rc == 124)) && echo ', timed out')" | tee -a "$file"
+        WORST=$rc
+    fi
+}
+
+echo "output in $OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
