@@ -223,8 +223,7 @@ def _forwards(net: Callable, x: Tensor, batch_size: int, cfg) -> None:
 
 def compute_stage1(data: LongTailData, cfg: Stage1Config, init: dict, device: torch.device) -> Run:
     model = fresh_model(data.num_classes, init, device)
-    net = speed.prepare(model, cfg.channels_last, cfg.compile, cfg.compile_mode,
-                        sizes=(cfg.batch_size, cfg.eval_batch_size))
+    net = speed.prepare(model, cfg)
     optimizer = stage1_sgd(model, cfg)
     x = stage1_train_transform(data.train_images.to(device), device_generator(device, cfg.seed))
     batches = list(zip(torch.split(x, cfg.batch_size), torch.split(data.train_labels.to(device), cfg.batch_size)))
@@ -249,8 +248,7 @@ def compute_stage1(data: LongTailData, cfg: Stage1Config, init: dict, device: to
 
 def compute_stage2(data: LongTailData, cfg: Stage2Config, init: dict, device: torch.device) -> Run:
     p = Stage2Parts(data, init, cfg, device)
-    net = speed.prepare(p.model, cfg.channels_last, cfg.compile, cfg.compile_mode,
-                        sizes=(cfg.batch_size, cfg.eval_batch_size))
+    net = speed.prepare(p.model, cfg)
     loss_fn = speed.compiled(feature_losses, sizes=(cfg.batch_size,)) if cfg.compile_loss else feature_losses
     sampler = make_sampler(cfg.sampler, data.train_labels, data.num_classes, cfg.seed)
     stream = sampler.next_pass()

@@ -6,10 +6,13 @@ tolerance for bf16), so turning one on is a speed choice, not a change of method
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Collection, ContextManager, Optional
+from typing import TYPE_CHECKING, Any, Callable, Collection, ContextManager, Optional
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # config.py imports this module
+    from .config import Stage1Config, Stage2Config
 
 PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -27,17 +30,19 @@ def model_input(x: Tensor, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def prepare(model: nn.Module, channels_last: bool, compile: bool, compile_mode: str = "default",
-            sizes: Optional[Collection[int]] = None) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-    """Sets the model's memory format and returns the callable to run it with (compiled or the model itself).
+def prepare(model: nn.Module, cfg: Stage1Config | Stage2Config) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """Sets the model's memory format and returns the callable to run it with: the model itself, or compiled
+    for the stage's training batch size and evaluation chunk size (`cfg.compile`, see `compiled`).
 
     The compiled wrapper shares the model's parameters, so state dicts are still taken from `model`.
     A CUDA-graph replay overwrites the previous replay's outputs, so callers that keep outputs across calls
-    copy them (`training.extract` does). `sizes`: see `compiled`.
+    copy them (`training.extract` does).
     """
-    if channels_last:
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    return compiled(model, compile_mode, sizes) if compile else model
+    if not cfg.compile:
+        return model
+    return compiled(model, cfg.compile_mode, sizes=(cfg.batch_size, cfg.eval_batch_size))
 
 
 def compiled(fn: Callable, mode: str = "default", sizes: Optional[Collection[int]] = None) -> Callable:

@@ -32,8 +32,7 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
     ldam = cfg.method == "ldam_drw"
     torch.manual_seed(cfg.seed)  # model init
     model = resnet32(data.num_classes, cosine_head=ldam).to(device)
-    net = speed.prepare(model, cfg.channels_last, cfg.compile, cfg.compile_mode,
-                        sizes=(cfg.batch_size, cfg.eval_batch_size))
+    net = speed.prepare(model, cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     sampler = ShuffledEpochs(len(data.train_labels), cfg.seed)

@@ -39,8 +39,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     C = data.num_classes
     model: ResNetCifar = resnet32(C).to(device)
     model.load_state_dict(stage1_state)
-    net = speed.prepare(model, cfg.channels_last, cfg.compile, cfg.compile_mode,
-                        sizes=(cfg.batch_size, cfg.eval_batch_size))
+    net = speed.prepare(model, cfg)
     eps = nn.Parameter(torch.full((C,), cfg.eps_init, device=device))  # learned radii, one per class
     backbone = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
     opt_features = torch.optim.SGD(backbone + [eps], lr=cfg.feature_lr, momentum=cfg.momentum,

@@ -17,7 +17,7 @@ def _losses(channels_last=False, precision="fp32", compile=False, steps=3):
     """Per-step training losses of ResNet-32 on fixed random batches, from a fixed init."""
     torch.manual_seed(0)
     model = resnet32(10)
-    net = speed.prepare(model, channels_last, compile)
+    net = speed.prepare(model, Stage1Config(channels_last=channels_last, compile=compile, batch_size=16))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(1)
     losses = []
@@ -56,7 +56,7 @@ def test_compiled_model_gives_the_plain_losses_within_0_1_percent(plain):
 def test_compiled_and_channels_last_models_keep_plain_state_dict_keys():
     model = resnet32(10)
     keys = set(model.state_dict())
-    speed.prepare(model, channels_last=True, compile=True)
+    speed.prepare(model, Stage1Config(channels_last=True, compile=True))
     assert set(model.state_dict()) == keys  # checkpoints stay loadable without the speed settings
 
 
