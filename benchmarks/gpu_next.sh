@@ -9,7 +9,7 @@
 #   4. steady stage-1 epochs with the fast settings (the first epoch shows the warm-up now that only the
 #      batch and evaluation sizes are compiled)
 #   5. a steady stage-1 epoch profiled
-#   6. the same-numbers check of compile_loss
+#   6. the same-numbers check of the fast settings with compile_loss (and the eager short batches on a GPU)
 #   OUT=/some/folder bash benchmarks/gpu_next.sh
 source "$(dirname "$0")/gpu_common.sh"
 step 90 profile_stage2.txt python3 -m benchmarks.profile_epoch --device cuda --stage 2 --fraction 0.3 "${FAST2[@]}"
@@ -25,6 +25,7 @@ for extra in "" "stage2.compile_loss=true" "stage2.compile_loss=true stage2.augm
 done
 step 80 steady_stage1.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 4 --stages 1 "${FAST1[@]}"
 step 60 profile_stage1.txt python3 -m benchmarks.profile_epoch --device cuda --stage 1 --fraction 0.5 "${FAST1[@]}"
-step 70 same_numbers_compile_loss.txt python3 -m benchmarks.same_numbers --device cuda --set stage2.compile_loss=true
+step 70 same_numbers.txt python3 -m benchmarks.same_numbers --device cuda "${FAST1[@]}" "${FAST2[@]}" \
+    --set stage2.compile_loss=true
 echo "$(date +%T) end after ${SECONDS} s"
 exit "$WORST"
