@@ -57,5 +57,6 @@ def main() -> None:
         if later:
             print(f"stage {stage}: steady epoch {statistics.median(later):.2f} s (median of epochs after the first)")
 
+
 if __name__ == "__main__":
     main()
