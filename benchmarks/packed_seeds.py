@@ -1,0 +1,248 @@
+"""Would trials packed into one model reach the packing target? K seeds of ResNet-32 trained as one.
+
+Processes sharing a GPU time-slice: with CUDA graphs one stage-1 process keeps an H100 busy about 73% of
+the time, so more processes add at most 1.36x (gpu_packing.py). A training step of ResNet-32 at batch 128
+is a few hundred small kernels, each far from filling the GPU. Packing K seeds into one model makes every
+kernel K times wider instead of launching K times as many: each convolution becomes a grouped convolution
+(groups=K), each BatchNorm normalises K*C channels (statistics are per channel, hence per seed, as
+before), the classifier a batched matmul. Each seed keeps its own weights, batches and optimizer state:
+the loss is the sum of the seeds' losses, so each seed's gradient is its own, and SGD (momentum, weight
+decay) is elementwise, so one optimizer over the packed parameters is K optimizers.
+
+The script first checks that claim (one SGD step of the packed model against K separate models, in
+float64, max abs differences printed), then times the training step (forward, CE, backward, SGD) on pre-made
+batches for K = 1, 2, 4, 8 under each mode, with ratios against K = 1 of the same mode, measured in the
+same run. Modes: eager; graph (CUDA: the whole step, optimizer included, captured as one CUDA graph);
+compile (torch.compile reduce-overhead of the model, the project's current per-trial setting).
+
+    PYTHONPATH=. python3 -m benchmarks.packed_seeds --device cuda --channels-last --precision bf16
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import statistics
+import time
+from typing import Callable, ContextManager, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmarks.common import device_name, resolve_device, sync
+from drolt.model import BasicBlock, ResNetCifar, resnet32
+
+CLASSES = 10
+
+
+def _packed_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    """Returns one grouped convolution computing each of `convs` on its own block of channels."""
+    c = convs[0]
+    packed = nn.Conv2d(len(convs) * c.in_channels, len(convs) * c.out_channels, c.kernel_size, c.stride,
+                       c.padding, groups=len(convs), bias=False, device=c.weight.device, dtype=c.weight.dtype)
+    packed.weight.data.copy_(torch.cat([conv.weight.detach() for conv in convs]))
+    return packed
+
+
+def _packed_bn(bns: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    """Returns one BatchNorm over the channels of all `bns`: its statistics are per channel, so per seed."""
+    bn = bns[0]
+    packed = nn.BatchNorm2d(len(bns) * bn.num_features, bn.eps, bn.momentum, device=bn.weight.device,
+                            dtype=bn.weight.dtype)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(packed, name).data.copy_(torch.cat([getattr(bn, name).detach() for bn in bns]))
+    return packed
+
+
+class PackedBlock(nn.Module):
+    """K BasicBlocks as one; the option-A shortcut pads each seed's channels, not the packed ones."""
+
+    def __init__(self, blocks: Sequence[BasicBlock]):
+        super().__init__()
+        self.k, self.pad, self.downsample = len(blocks), blocks[0].pad, blocks[0].downsample
+        self.conv1, self.bn1 = _packed_conv([b.conv1 for b in blocks]), _packed_bn([b.bn1 for b in blocks])
+        self.conv2, self.bn2 = _packed_conv([b.conv2 for b in blocks]), _packed_bn([b.bn2 for b in blocks])
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        if not self.downsample:
+            return x
+        x = x[:, :, ::2, ::2]
+        b, kc, h, w = x.shape
+        padded = F.pad(x.reshape(b, self.k, kc // self.k, h, w), (0, 0, 0, 0, self.pad, self.pad))
+        return padded.reshape(b, -1, h, w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class PackedResNet(nn.Module):
+    """K CIFAR ResNets (linear heads) with their own weights, run as one model:
+    [K, B, 3, H, W] in, (features [K, B, 64], logits [K, B, C]) out."""
+
+    def __init__(self, models: Sequence[ResNetCifar], channels_last: bool = False):
+        super().__init__()
+        if any(not isinstance(m.fc, nn.Linear) for m in models):
+            raise ValueError("PackedResNet packs linear heads only; build the models with cosine_head=False")
+        self.k, self.channels_last = len(models), channels_last
+        self.conv1, self.bn1 = _packed_conv([m.conv1 for m in models]), _packed_bn([m.bn1 for m in models])
+        self.layers = nn.Sequential(*(PackedBlock(blocks) for blocks in zip(*(m.layers for m in models))))
+        self.fc_weight = nn.Parameter(torch.stack([m.fc.weight.detach() for m in models]))  # [K, C, 64]
+        self.fc_bias = nn.Parameter(torch.stack([m.fc.bias.detach() for m in models]))  # [K, C]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        k, b, c, h, w = x.shape
+        x = x.transpose(0, 1).reshape(b, k * c, h, w)  # seed i's image j -> channels [3i, 3i+3) of row j
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layers(out)
+        z = F.adaptive_avg_pool2d(out, 1).reshape(b, k, -1).transpose(0, 1)  # [K, B, 64]
+        return z, torch.baddbmm(self.fc_bias.unsqueeze(1), z, self.fc_weight.transpose(1, 2))
+
+
+def seeded_models(k: int) -> list[ResNetCifar]:
+    """Returns K ResNet-32s initialised as `train_stage1` would with seeds 0..K-1."""
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(resnet32(CLASSES))
+    return models
+
+
+def check_packing(device: torch.device, k: int = 3, batch: int = 16) -> str:
+    """Returns the max abs differences between the packed model and K separate models after one SGD step
+    (features, logits and BatchNorm running means of the second forward); raises if they disagree.
+
+    In float64, where the order of a convolution's sums barely matters: in float32 the separate models'
+    own convolution algorithms differ from float64 by more (about 1e-4 after one step) than the packed
+    model does, which would hide a packing mistake of that size."""
+    models = [m.to(device, torch.float64) for m in seeded_models(k)]
+    packed = PackedResNet(copy.deepcopy(models))
+    gen = torch.Generator(device).manual_seed(0)
+    xs = torch.randn(2, k, batch, 3, 32, 32, device=device, generator=gen, dtype=torch.float64)
+    ys = torch.randint(0, CLASSES, (2, k, batch), device=device, generator=gen)
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=2e-4)
+    for m, x, y in zip(models, xs[0], ys[0]):
+        F.cross_entropy(m(x)[1], y).backward()
+        torch.optim.SGD(m.parameters(), **sgd).step()
+    _, logits = packed(xs[0])
+    sum(F.cross_entropy(logits[i], ys[0, i]) for i in range(k)).backward()
+    torch.optim.SGD(packed.parameters(), **sgd).step()
+    with torch.no_grad():
+        separate = [m(x) for m, x in zip(models, xs[1])]
+        z, logits = packed(xs[1])
+    diffs = {"features": (z - torch.stack([s[0] for s in separate])).abs().max().item(),
+             "logits": (logits - torch.stack([s[1] for s in separate])).abs().max().item(),
+             "running means": (packed.bn1.running_mean - torch.cat([m.bn1.running_mean for m in models]))
+             .abs().max().item()}
+    if max(diffs.values()) > 1e-9:
+        raise SystemExit(f"the packed model does not compute what {k} separate models compute: {diffs}")
+    return ", ".join(f"{name} {d:.1e}" for name, d in diffs.items())
+
+
+def autocast(device: torch.device, precision: str, graphed: bool) -> ContextManager:
+    """bf16 autocast, without its weight-cast cache inside a CUDA-graph capture (the cache would outlive it)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed)
+
+
+def training_step(k: int, device: torch.device, batch: int, mode: str, channels_last: bool,
+                  precision: str) -> Callable[[], None]:
+    """Returns a function running one training step of K packed seeds on fixed batches (warmed up)."""
+    torch.backends.cudnn.benchmark = True
+    model = PackedResNet(seeded_models(k), channels_last).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = torch.compile(model, mode="reduce-overhead", dynamic=False) if mode == "compile" else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    x = torch.randn(k, batch, 3, 32, 32, device=device)
+    y = torch.randint(0, CLASSES, (k, batch), device=device)
+
+    def step() -> None:
+        with autocast(device, precision, graphed=mode == "graph"):
+            _, logits = net(x)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch  # sum of K means
+        opt.zero_grad(set_to_none=mode != "graph")  # a captured step keeps its gradient buffers
+        loss.backward()
+        opt.step()
+
+    if mode != "graph":
+        for _ in range(5):  # cudnn autotuning, compilation and CUDA-graph recording happen here
+            step()
+        return step
+    # Warm up on a side stream (cudnn autotuning, optimizer state, library handles and workspaces, which are
+    # cached per stream), then capture the whole step once on that same stream.
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        step()
+    return graph.replay
+
+
+def time_steps(step: Callable[[], None], device: torch.device, steps: int, repeats: int) -> float:
+    """Returns the median seconds per step over `repeats` runs of `steps` steps."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        times.append((time.perf_counter() - t0) / steps)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8], help="seeds packed into one model")
+    parser.add_argument("--modes", nargs="+", choices=("eager", "graph", "compile"),
+                        help="default: graph and compile on CUDA, eager on a CPU")
+    parser.add_argument("--batch", type=int, default=128, help="images per seed per step")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    modes = args.modes or (["graph", "compile"] if device.type == "cuda" else ["eager"])
+    if "graph" in modes and device.type != "cuda":
+        raise SystemExit("--modes graph captures CUDA graphs: use --device cuda, or the eager/compile modes")
+    print(f"packed seeds: ResNet-32, batch {args.batch} per seed, {args.precision}, "
+          f"{'channels-last' if args.channels_last else 'contiguous'} | {device_name(device)} | torch {torch.__version__}")
+    print(f"packed = separate models after one SGD step (max abs diff): {check_packing(device)}")
+    print(f"{'mode':<8}{'seeds':>6}{'images/s':>11}{'per seed':>10}{'vs 1 seed':>10}{'ms/step':>9}{'peak MiB':>10}"
+          f"{'warm-up s':>10}")
+    for mode in modes:
+        base = None
+        for k in args.seeds:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            try:
+                step = training_step(k, device, args.batch, mode, args.channels_last, args.precision)
+            except Exception as err:  # a mode this torch/device cannot run is reported, the others still are
+                print(f"{mode:<8}{k:>6}  FAILED {type(err).__name__}: {str(err)[:100]}")
+                break
+            warm = time.perf_counter() - t0
+            seconds = time_steps(step, device, args.steps, args.repeats)
+            rate = k * args.batch / seconds
+            if k == 1:
+                base = rate
+            ratio = f"{rate / base:>9.2f}x" if base else f"{'':>10}"
+            peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
+            print(f"{mode:<8}{k:>6}{rate:>11.0f}{rate / k:>10.0f}{ratio}{seconds * 1e3:>9.2f}{peak:>10}"
+                  f"{warm:>10.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
