@@ -5,9 +5,10 @@ microseconds of CPU time, so a part with hundreds of them is launch-bound howeve
 
 Counts (CPU, eager; the same ops run on a GPU) for one batch of 128: the stage-1 and stage-2 losses with
 their backward, the SGD step, and the stage-1 and stage-2 augmentation per batch (augmented 8 batches at a
-time, as `augment_batches` does). With `compile_mode: reduce-overhead` the model's forward and backward are
-one CUDA-graph replay each, so these parts are what the CPU still dispatches op by op. With `compile_loss`
-the stage-2 loss runs as a few fused kernels plus the ops counted here.
+time, as `augment_batches` does by default; stage 2's also 32 at a time). With `compile_mode:
+reduce-overhead` the model's forward and backward are one CUDA-graph replay each, so these parts are what
+the CPU still dispatches op by op. With `compile_loss` the stage-2 loss runs as a few fused kernels plus the
+ops counted here.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from drolt.augment import apply_draws, concat_draws, draw
 from drolt.model import resnet32
 from drolt.stage2 import feature_losses
 
-BATCH, CHUNK = 128, 8
+BATCH, CHUNK, WIDE_CHUNK = 128, 8, 32
 # Ops that only make views or allocate: they cost dispatch time but launch no kernel on a GPU.
 NO_KERNEL = {"as_strided", "view", "reshape", "_reshape_alias", "select", "slice", "unsqueeze", "squeeze", "expand",
              "empty", "empty_strided", "empty_like", "resize_", "t", "transpose", "permute", "detach", "alias",
@@ -51,31 +52,33 @@ def main() -> None:
     z, logits = z.detach().requires_grad_(), logits.detach().requires_grad_()
     y = torch.randint(0, 10, (BATCH,))
     centroids, weights = torch.randn(10, 64), torch.rand(10)
-    images = torch.randint(0, 256, (BATCH * CHUNK, 3, 32, 32), dtype=torch.uint8)
+    images = torch.randint(0, 256, (BATCH * WIDE_CHUNK, 3, 32, 32), dtype=torch.uint8)
     gen = torch.Generator().manual_seed(0)
 
     def stage2_loss(fn: Callable) -> Callable[[], object]:
         return lambda: fn(z, logits, y, centroids, eps, weights, 1.0, "faithful", 1.0, 1.0)[0].backward()
 
-    def augment(stage2: bool) -> Callable[[], object]:
-        return lambda: apply_draws(images, concat_draws([draw(BATCH, gen, images.device, stage2, stage2)
-                                                         for _ in range(CHUNK)]))
+    def augment(stage2: bool, chunk: int = CHUNK) -> Callable[[], object]:
+        return lambda: apply_draws(images[:BATCH * chunk], concat_draws([draw(BATCH, gen, images.device, stage2,
+                                                                              stage2) for _ in range(chunk)]))
 
-    parts = {
-        "stage-1 loss, forward + backward": lambda: F.cross_entropy(logits, y).backward(),
-        "stage-2 loss (weighted CE + robust), forward + backward": stage2_loss(feature_losses),
-        "stage-2 loss with compile_loss (ops outside the fused kernels)": stage2_loss(speed.compiled(feature_losses)),
-        "SGD step (momentum, weight decay)": optimizer.step,
-        "stage-1 augmentation, per batch": augment(False),
-        "stage-2 augmentation (crop, flip, AutoAugment, Cutout), per batch": augment(True),
+    parts = {  # name: (one call, training batches it serves)
+        "stage-1 loss, forward + backward": (lambda: F.cross_entropy(logits, y).backward(), 1),
+        "stage-2 loss (weighted CE + robust), forward + backward": (stage2_loss(feature_losses), 1),
+        "stage-2 loss with compile_loss (ops outside the fused kernels)":
+            (stage2_loss(speed.compiled(feature_losses)), 1),
+        "SGD step (momentum, weight decay)": (optimizer.step, 1),
+        "stage-1 augmentation, per batch": (augment(False), CHUNK),
+        "stage-2 augmentation (crop, flip, AutoAugment, Cutout), per batch": (augment(True), CHUNK),
+        f"stage-2 augmentation, per batch, with augment_batches: {WIDE_CHUNK}":
+            (augment(True, WIDE_CHUNK), WIDE_CHUNK),
     }
     print(f"ATen ops dispatched per training step of {BATCH} images (CPU eager); compute ops: those other than "
           "views and allocations, each a kernel launch on a GPU")
     print(f"{'all':>6}{'compute':>9}  part")
-    for name, fn in parts.items():
-        share = CHUNK if "augmentation" in name else 1
+    for name, (fn, batches) in parts.items():
         total, compute = aten_ops(fn)
-        print(f"{total / share:>6.0f}{compute / share:>9.0f}  {name}")
+        print(f"{total / batches:>6.0f}{compute / batches:>9.0f}  {name}")
 
 
 if __name__ == "__main__":
