@@ -9,10 +9,10 @@ before), the classifier a batched matmul. Each seed keeps its own weights, batch
 the loss is the sum of the seeds' losses, so each seed's gradient is its own, and SGD (momentum, weight
 decay) is elementwise, so one optimizer over the packed parameters is K optimizers.
 
-The script first checks that claim (one SGD step of the packed model against K separate models, in
-float64, max abs differences printed), then times the training step (forward, CE, backward, SGD) on pre-made
-batches for K = 1, 2, 4, 8 under each mode, with ratios against K = 1 of the same mode, measured in the
-same run. Modes: eager; graph (CUDA: the whole step, optimizer included, captured as one CUDA graph);
+The script first checks that claim (two SGD steps of the packed model against K separate models, in
+float64, max abs differences printed), then times the training step (forward, CE, backward, SGD) on
+pre-made batches for K = 1, 2, 4, 8 (`--counts`) under each mode, with ratios against K = 1 of the same
+mode, measured in the same run. Modes: eager; graph (CUDA: the whole step, optimizer included, captured as one CUDA graph);
 compile (torch.compile reduce-overhead of the model, the project's current per-trial setting).
 
     PYTHONPATH=. python3 -m benchmarks.packed_seeds --device cuda --channels-last --precision bf16
@@ -20,17 +20,19 @@ compile (torch.compile reduce-overhead of the model, the project's current per-t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
+import functools
+import gc
 import statistics
 import time
-from typing import Callable, ContextManager, Sequence
+import traceback
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.common import device_name, resolve_device, sync
+from drolt import speed
 from drolt.model import BasicBlock, ResNetCifar, resnet32
 
 CLASSES = 10
@@ -39,6 +41,7 @@ CLASSES = 10
 def _packed_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
     """Returns one grouped convolution computing each of `convs` on its own block of channels."""
     c = convs[0]
+    assert c.bias is None and c.dilation == (1, 1) and c.groups == 1, "ResNet-32's convolutions only"
     packed = nn.Conv2d(len(convs) * c.in_channels, len(convs) * c.out_channels, c.kernel_size, c.stride,
                        c.padding, groups=len(convs), bias=False, device=c.weight.device, dtype=c.weight.dtype)
     packed.weight.data.copy_(torch.cat([conv.weight.detach() for conv in convs]))
@@ -67,10 +70,12 @@ class PackedBlock(nn.Module):
     def shortcut(self, x: Tensor) -> Tensor:
         if not self.downsample:
             return x
+        # the 5-d pad returns a plain layout: give back the channels-last one the plain block keeps
+        layout = torch.channels_last if x.stride(1) == 1 else torch.contiguous_format
         x = x[:, :, ::2, ::2]
         b, kc, h, w = x.shape
         padded = F.pad(x.reshape(b, self.k, kc // self.k, h, w), (0, 0, 0, 0, self.pad, self.pad))
-        return padded.reshape(b, -1, h, w)
+        return padded.reshape(b, -1, h, w).contiguous(memory_format=layout)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -113,69 +118,83 @@ def seeded_models(k: int) -> list[ResNetCifar]:
 
 
 def check_packing(device: torch.device, k: int = 3, batch: int = 16) -> str:
-    """Returns the max abs differences between the packed model and K separate models after one SGD step
-    (features, logits and BatchNorm running means of the second forward); raises if they disagree.
+    """Returns the max abs differences between the packed model and K separate models after two SGD steps
+    (features and logits in train and eval mode, every BatchNorm's running statistics); raises if they
+    disagree.
 
     In float64, where the order of a convolution's sums barely matters: in float32 the separate models'
     own convolution algorithms differ from float64 by more (about 1e-4 after one step) than the packed
-    model does, which would hide a packing mistake of that size."""
+    model does, which would hide a packing mistake of that size. Each seed's BatchNorms get their own random
+    affine and running statistics first: fresh ones are the same for every seed, so a BatchNorm packed in
+    the wrong seed order would go unseen."""
     models = [m.to(device, torch.float64) for m in seeded_models(k)]
-    packed = PackedResNet(copy.deepcopy(models))
     gen = torch.Generator(device).manual_seed(0)
-    xs = torch.randn(2, k, batch, 3, 32, 32, device=device, generator=gen, dtype=torch.float64)
-    ys = torch.randint(0, CLASSES, (2, k, batch), device=device, generator=gen)
-    sgd = dict(lr=0.1, momentum=0.9, weight_decay=2e-4)
-    for m, x, y in zip(models, xs[0], ys[0]):
-        F.cross_entropy(m(x)[1], y).backward()
-        torch.optim.SGD(m.parameters(), **sgd).step()
-    _, logits = packed(xs[0])
-    sum(F.cross_entropy(logits[i], ys[0, i]) for i in range(k)).backward()
-    torch.optim.SGD(packed.parameters(), **sgd).step()
     with torch.no_grad():
-        separate = [m(x) for m, x in zip(models, xs[1])]
-        z, logits = packed(xs[1])
-    diffs = {"features": (z - torch.stack([s[0] for s in separate])).abs().max().item(),
-             "logits": (logits - torch.stack([s[1] for s in separate])).abs().max().item(),
-             "running means": (packed.bn1.running_mean - torch.cat([m.bn1.running_mean for m in models]))
-             .abs().max().item()}
+        for bn in (mod for m in models for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)):
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                t.copy_(torch.rand(t.shape, device=device, generator=gen, dtype=t.dtype) + 0.5)
+    packed = PackedResNet(models)
+    xs = torch.randn(3, k, batch, 3, 32, 32, device=device, generator=gen, dtype=torch.float64)
+    ys = torch.randint(0, CLASSES, (3, k, batch), device=device, generator=gen)
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=2e-4)
+    opts = [torch.optim.SGD(m.parameters(), **sgd) for m in models]
+    packed_opt = torch.optim.SGD(packed.parameters(), **sgd)
+    for x, y in zip(xs[:2], ys[:2]):  # two steps: the second uses the momentum buffers
+        for m, opt, xi, yi in zip(models, opts, x, y):
+            opt.zero_grad()
+            F.cross_entropy(m(xi)[1], yi).backward()
+            opt.step()
+        packed_opt.zero_grad()
+        _, logits = packed(x)
+        sum(F.cross_entropy(logits[i], y[i]) for i in range(k)).backward()
+        packed_opt.step()
+    diffs = {}
+    with torch.no_grad():
+        for mode in ("train", "eval"):
+            for net in (*models, packed):
+                net.train(mode == "train")
+            separate = [m(x) for m, x in zip(models, xs[2])]
+            z, logits = packed(xs[2])
+            diffs[f"{mode} features"] = (z - torch.stack([s[0] for s in separate])).abs().max().item()
+            diffs[f"{mode} logits"] = (logits - torch.stack([s[1] for s in separate])).abs().max().item()
+    bns = [[mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)] for m in (*models, packed)]
+    diffs["running statistics"] = max(
+        (getattr(p_bn, name) - torch.cat([getattr(bn, name) for bn in seed_bns])).abs().max().item()
+        for p_bn, *seed_bns in zip(bns[-1], *bns[:-1]) for name in ("running_mean", "running_var"))
     if max(diffs.values()) > 1e-9:
-        raise SystemExit(f"the packed model does not compute what {k} separate models compute: {diffs}")
+        raise RuntimeError(f"the packed model does not compute what {k} separate models compute: {diffs}")
     return ", ".join(f"{name} {d:.1e}" for name, d in diffs.items())
-
-
-def autocast(device: torch.device, precision: str, graphed: bool) -> ContextManager:
-    """bf16 autocast, without its weight-cast cache inside a CUDA-graph capture (the cache would outlive it)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed)
 
 
 def training_step(k: int, device: torch.device, batch: int, mode: str, channels_last: bool,
                   precision: str) -> Callable[[], None]:
-    """Returns a function running one training step of K packed seeds on fixed batches (warmed up)."""
+    """Returns a function running one training step of K packed seeds on fixed batches (warmed up, and run
+    once more, so a failure shows here rather than in the timing)."""
     torch.backends.cudnn.benchmark = True
     model = PackedResNet(seeded_models(k), channels_last).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    net = torch.compile(model, mode="reduce-overhead", dynamic=False) if mode == "compile" else model
+    net = speed.compiled(model, "reduce-overhead") if mode == "compile" else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     x = torch.randn(k, batch, 3, 32, 32, device=device)
     y = torch.randint(0, CLASSES, (k, batch), device=device)
 
     def step() -> None:
-        with autocast(device, precision, graphed=mode == "graph"):
+        with speed.autocast(device, precision, cache=mode != "graph"):
             _, logits = net(x)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch  # sum of K means
-        opt.zero_grad(set_to_none=mode != "graph")  # a captured step keeps its gradient buffers
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     if mode != "graph":
         for _ in range(5):  # cudnn autotuning, compilation and CUDA-graph recording happen here
             step()
+        sync(device)
         return step
     # Warm up on a side stream (cudnn autotuning, optimizer state, library handles and workspaces, which are
-    # cached per stream), then capture the whole step once on that same stream.
+    # cached per stream), then capture the whole step once on that same stream. The gradients the step sets
+    # to None are made again inside the capture, from the graph's own memory, and every replay refills them.
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
@@ -185,7 +204,15 @@ def training_step(k: int, device: torch.device, batch: int, mode: str, channels_
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=side):
         step()
-    return graph.replay
+    replay = functools.partial(_replay, graph, (model, opt, x, y))
+    replay()
+    sync(device)
+    return replay
+
+
+def _replay(graph: torch.cuda.CUDAGraph, keep_alive: tuple) -> None:
+    """Replays `graph`; `keep_alive` holds the model, optimizer and batches whose memory the graph uses."""
+    graph.replay()
 
 
 def time_steps(step: Callable[[], None], device: torch.device, steps: int, repeats: int) -> float:
@@ -204,7 +231,8 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int, repea
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8], help="seeds packed into one model")
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="how many seeds to pack into one model, a row each (ratios are against 1)")
     parser.add_argument("--modes", nargs="+", choices=("eager", "graph", "compile"),
                         help="default: graph and compile on CUDA, eager on a CPU")
     parser.add_argument("--batch", type=int, default=128, help="images per seed per step")
@@ -217,31 +245,37 @@ def main() -> None:
     modes = args.modes or (["graph", "compile"] if device.type == "cuda" else ["eager"])
     if "graph" in modes and device.type != "cuda":
         raise SystemExit("--modes graph captures CUDA graphs: use --device cuda, or the eager/compile modes")
-    print(f"packed seeds: ResNet-32, batch {args.batch} per seed, {args.precision}, "
-          f"{'channels-last' if args.channels_last else 'contiguous'} | {device_name(device)} | torch {torch.__version__}")
-    print(f"packed = separate models after one SGD step (max abs diff): {check_packing(device)}")
+    counts = sorted(set(args.counts) | {1})  # the baseline of the ratios is always measured
+    layout = "channels-last" if args.channels_last else "contiguous"
+    print(f"packed seeds: ResNet-32, batch {args.batch} per seed, {args.precision}, {layout} | "
+          f"{device_name(device)} | torch {torch.__version__}")
+    print(f"packed = separate models after two SGD steps, float64 (max abs diff): {check_packing(device)}")
     print(f"{'mode':<8}{'seeds':>6}{'images/s':>11}{'per seed':>10}{'vs 1 seed':>10}{'ms/step':>9}{'peak MiB':>10}"
           f"{'warm-up s':>10}")
     for mode in modes:
         base = None
-        for k in args.seeds:
+        for k in counts:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
             try:
                 step = training_step(k, device, args.batch, mode, args.channels_last, args.precision)
-            except Exception as err:  # a mode this torch/device cannot run is reported, the others still are
-                print(f"{mode:<8}{k:>6}  FAILED {type(err).__name__}: {str(err)[:100]}")
+            except Exception as err:  # reported with its cause (a failed capture chains it), the run goes on
+                print(f"{mode:<8}{k:>6}  FAILED {type(err).__name__}: {err}", flush=True)
+                traceback.print_exc()
+                if mode == "graph":  # a failed capture can leave the stream and allocator unusable
+                    return
                 break
             warm = time.perf_counter() - t0
             seconds = time_steps(step, device, args.steps, args.repeats)
             rate = k * args.batch / seconds
-            if k == 1:
-                base = rate
-            ratio = f"{rate / base:>9.2f}x" if base else f"{'':>10}"
+            base = base or rate
             peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
-            print(f"{mode:<8}{k:>6}{rate:>11.0f}{rate / k:>10.0f}{ratio}{seconds * 1e3:>9.2f}{peak:>10}"
-                  f"{warm:>10.1f}", flush=True)
+            print(f"{mode:<8}{k:>6}{rate:>11.0f}{rate / k:>10.0f}{rate / base:>9.2f}x{seconds * 1e3:>9.2f}"
+                  f"{peak:>10}{warm:>10.1f}", flush=True)
+            del step  # the next count's peak memory is its own
+            gc.collect()
+            torch._dynamo.reset()
 
 
 if __name__ == "__main__":

@@ -18,11 +18,14 @@ PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def autocast(device: torch.device, precision: str) -> ContextManager:
-    """Returns the autocast context for `precision` ("bf16": bfloat16 autocast; "fp32": no autocast)."""
+def autocast(device: torch.device, precision: str, cache: bool = True) -> ContextManager:
+    """Returns the autocast context for `precision` ("bf16": bfloat16 autocast; "fp32": no autocast).
+
+    `cache=False` for work recorded as a CUDA graph: the weights' cast copies must be made inside the
+    recording, where every replay makes them again, not kept from outside it."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def model_input(x: Tensor, channels_last: bool) -> Tensor:
@@ -66,3 +69,4 @@ def compiled(fn: Callable, mode: str = "default", sizes: Optional[Collection[int
     def run(x: Tensor, *args: Any, **kwargs: Any) -> Any:
         return (fast if x.shape[0] in sizes else fn)(x, *args, **kwargs)
     return run
+
