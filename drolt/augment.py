@@ -9,7 +9,7 @@ run reproducible from its seed. The AutoAugment ops themselves are in autoaugmen
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,21 @@ class Draws(NamedTuple):
     flip: Tensor  # [N] bool, flipped left-right
     plan: Optional[AutoAugmentPlan]
     holes: Optional[Tensor]  # [N, 2] int64 Cutout centres (cy, cx)
+
+    def tensors(self) -> tuple[Optional[Tensor], ...]:
+        """Returns the draws as a flat tuple (AutoAugment's three fields in place of its plan)."""
+        plan = self.plan if self.plan is not None else (None, None, None)
+        return (self.offsets, self.flip, *plan, self.holes)
+
+    @classmethod
+    def from_tensors(cls, tensors: Sequence[Optional[Tensor]]) -> "Draws":
+        """Returns the draws that `tensors()` flattened."""
+        offsets, flip, policy, applied, sign, holes = tensors
+        return cls(offsets, flip, None if policy is None else AutoAugmentPlan(policy, applied, sign), holes)
+
+
+# How a pipeline applies its draws: `apply_draws`, or a faster function computing the same images.
+ApplyDraws = Callable[[Tensor, Draws], Tensor]
 
 
 def draw(n: int, gen: torch.Generator, device: torch.device, autoaugment: bool = False,
@@ -117,13 +132,13 @@ def normalize(x: Tensor) -> Tensor:
     return x.sub(mean).div(std)
 
 
-def apply_draws(x: Tensor, d: Draws) -> Tensor:
+def apply_draws(x: Tensor, d: Draws, sync_free: bool = False) -> Tensor:
     """Return the normalised float batch of uint8 ``x`` after the steps ``d`` holds: crop, flip, AutoAugment,
-    Cutout."""
+    Cutout (AutoAugment ``sync_free``: see ``apply_autoaugment_plan``)."""
     x = crop_flip(x, d.offsets, d.flip)
     if d.plan is not None:
         check_uint8_batch(x, "autoaugment", cifar_size=True)
-        x = apply_autoaugment_plan(x, d.plan)
+        x = apply_autoaugment_plan(x, d.plan, sync_free)
     x = to_unit_float(x)
     return normalize(cut_holes(x, d.holes) if d.holes is not None else x)
 
@@ -133,11 +148,11 @@ def stage1_train_transform(x: Tensor, gen: torch.Generator) -> Tensor:
     return apply_draws(x, draw(x.shape[0], gen, x.device))
 
 
-def stage2_train_transform(x: Tensor, gen: torch.Generator, autoaugment: bool = True,
-                           use_cutout: bool = True) -> Tensor:
+def stage2_train_transform(x: Tensor, gen: torch.Generator, autoaugment: bool = True, use_cutout: bool = True,
+                           apply: ApplyDraws = apply_draws) -> Tensor:
     """Return the normalised float batch after SPEC 4.1's crop, flip, AutoAugment and Cutout (each of the
-    last two can be switched off for ablations)."""
-    return apply_draws(x, draw(x.shape[0], gen, x.device, autoaugment, use_cutout, image_size=x.shape[2]))
+    last two can be switched off for ablations), the draws applied by ``apply``."""
+    return apply(x, draw(x.shape[0], gen, x.device, autoaugment, use_cutout, image_size=x.shape[2]))
 
 
 def test_transform(x: Tensor) -> Tensor:

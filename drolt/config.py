@@ -48,6 +48,9 @@ class SpeedSettings:
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs on a GPU
     augment_batches: int = 8      # training batches augmented in one call: the same images as one call per
                                   # batch (draws are made batch by batch), fewer kernel launches on a GPU
+    graph_augment: bool = False   # augmentation without host syncs (every AutoAugment op on every image, each
+                                  # keeping its own: the same images), replayed from a CUDA graph on a GPU;
+                                  # on a CPU only the extra work remains
 
     def validate_speed(self) -> None:
         _choice("precision", self.precision, PRECISIONS)

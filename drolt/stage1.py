@@ -13,7 +13,7 @@ from .data import LongTailData
 from .losses import drw_weights, ldam_loss, ldam_margins
 from .model import resnet32
 from .sampling import ShuffledEpochs
-from .training import (EpochCallback, StageResult, augmented_batches, check_finite, clone_state,
+from .training import (EpochCallback, StageResult, augmented_batches, augmenter, check_finite, clone_state,
                        device_generator, evaluate, improved, set_lr)
 
 
@@ -38,6 +38,7 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
     sampler = ShuffledEpochs(len(data.train_labels), cfg.seed)
     aug_gen = device_generator(device, cfg.seed)
     margins = ldam_margins(data.class_counts).to(device) if ldam else None
+    augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches,))
     start, history, best = 0, [], None
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -56,7 +57,7 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
         # Summed on the device and read once per epoch: a .item() per batch would sync the GPU every step.
         loss_sum = torch.zeros((), device=device)
         for x, y in augmented_batches(data, sampler.next_pass().to(device), cfg.batch_size, aug_gen,
-                                      cfg.augment_batches):
+                                      cfg.augment_batches, augment=augment):
             x = speed.model_input(x, cfg.channels_last)
             with speed.autocast(device, cfg.precision):
                 _, logits = net(x)

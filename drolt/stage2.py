@@ -12,20 +12,21 @@ import torch
 from torch import Tensor, nn
 
 from . import speed
-from .augment import stage2_train_transform
+from .augment import ApplyDraws, apply_draws, stage2_train_transform
 from .centroids import class_centroids
 from .config import Stage2Config
 from .data import LongTailData
 from .losses import class_weights, robust_loss, weighted_cross_entropy
 from .model import ResNetCifar, resnet32
 from .sampling import make_sampler
-from .training import (EpochCallback, StageResult, augmented_batches, check_finite, clone_state,
+from .training import (EpochCallback, StageResult, augmented_batches, augmenter, check_finite, clone_state,
                        device_generator, evaluate, extract, improved)
 
 
-def train_augment(cfg: Stage2Config, x: Tensor, gen: torch.Generator) -> Tensor:
+def train_augment(cfg: Stage2Config, x: Tensor, gen: torch.Generator,
+                  augment: ApplyDraws = apply_draws) -> Tensor:
     """Returns the stage-2 training view of a uint8 batch: crop, flip, AutoAugment, Cutout, normalise."""
-    return stage2_train_transform(x, gen, cfg.autoaugment, cfg.cutout)
+    return stage2_train_transform(x, gen, cfg.autoaugment, cfg.cutout, augment)
 
 
 def _weights(counts: list[int], kind: str, device: torch.device) -> Optional[Tensor]:
@@ -52,6 +53,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     classifier_weights = _weights(data.class_counts, cfg.classifier_weights, device)
     first_classifier_epoch = cfg.epochs - cfg.classifier_epochs
     loss_fn = speed.compiled(feature_losses, sizes=(cfg.batch_size,)) if cfg.compile_loss else feature_losses
+    augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches, cfg.eval_batch_size))
     start, history = 0, []
     best_features = best_classifier = None  # best test NCM in the feature phase, best top-1 afterwards
     if resume is not None:
@@ -75,13 +77,13 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
                 eps.copy_(best_features["eps"])
         stream = sampler.next_pass().to(device)
         if feature_phase:
-            centroids = centroid_bank(model, net, data, stream, cfg, aug_gen)
+            centroids = centroid_bank(model, net, data, stream, cfg, aug_gen, augment)
             stream = sampler.next_pass().to(device)
             losses = feature_epoch(model, net, eps, data, stream, centroids, cfg, opt_features, ce_weights, aug_gen,
-                                   loss_fn)
+                                   loss_fn, augment)
             lr = cfg.feature_lr
         else:
-            losses = classifier_epoch(model, data, stream, cfg, opt_classifier, classifier_weights, aug_gen)
+            losses = classifier_epoch(model, data, stream, cfg, opt_classifier, classifier_weights, aug_gen, augment)
             lr = cfg.classifier_lr
         check_finite(losses["loss"], 2, epoch)
         train_time = time.perf_counter() - t0
@@ -113,11 +115,11 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
 
 @torch.no_grad()
 def centroid_bank(model: nn.Module, net: Callable, data: LongTailData, stream: Tensor, cfg: Stage2Config,
-                  gen: torch.Generator) -> Tensor:
+                  gen: torch.Generator, augment: ApplyDraws = apply_draws) -> Tensor:
     """Returns [C,64] class centroids of eval-mode features over one augmented pass of the training stream."""
     model.eval()
     z, _ = extract(net, stream, cfg.eval_batch_size,
-                   lambda idx: train_augment(cfg, data.train_images[idx], gen), cfg)
+                   lambda idx: train_augment(cfg, data.train_images[idx], gen, augment), cfg)
     return class_centroids(z, data.train_labels[stream], data.num_classes)
 
 
@@ -132,13 +134,14 @@ def feature_losses(z: Tensor, logits: Tensor, y: Tensor, centroids: Tensor, eps:
 
 def feature_epoch(model: nn.Module, net: Callable, eps: nn.Parameter, data: LongTailData, stream: Tensor,
                   centroids: Tensor, cfg: Stage2Config, optimizer: torch.optim.Optimizer, ce_weights: Optional[Tensor],
-                  gen: torch.Generator, loss_fn: Callable = feature_losses) -> dict:
+                  gen: torch.Generator, loss_fn: Callable = feature_losses,
+                  augment: ApplyDraws = apply_draws) -> dict:
     """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns mean losses."""
     model.train()
     model.fc.requires_grad_(False)
     sums = torch.zeros(3, device=stream.device)  # loss, ce, robust; read once per epoch
     for x, y in augmented_batches(data, stream, cfg.batch_size, gen, cfg.augment_batches, cfg.autoaugment,
-                                  cfg.cutout):
+                                  cfg.cutout, augment):
         x = speed.model_input(x, cfg.channels_last)
         with speed.autocast(stream.device, cfg.precision):
             z, logits = net(x)
@@ -157,12 +160,13 @@ def feature_epoch(model: nn.Module, net: Callable, eps: nn.Parameter, data: Long
 
 
 def classifier_epoch(model: nn.Module, data: LongTailData, stream: Tensor, cfg: Stage2Config,
-                     optimizer: torch.optim.Optimizer, weights: Optional[Tensor], gen: torch.Generator) -> dict:
+                     optimizer: torch.optim.Optimizer, weights: Optional[Tensor], gen: torch.Generator,
+                     augment: ApplyDraws = apply_draws) -> dict:
     """One pass re-training only the linear classifier, the whole model in eval mode; returns the mean loss."""
     model.eval()
     loss_sum = torch.zeros((), device=stream.device)
     for x, y in augmented_batches(data, stream, cfg.batch_size, gen, cfg.augment_batches, cfg.autoaugment,
-                                  cfg.cutout):
+                                  cfg.cutout, augment):
         x = speed.model_input(x, cfg.channels_last)
         with speed.autocast(stream.device, cfg.precision):
             with torch.no_grad():  # the backbone is frozen: no graph through it

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Collection, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .augment import apply_draws, concat_draws, draw, test_transform, to_unit_float
+from . import speed
+from .augment import ApplyDraws, Draws, apply_draws, concat_draws, draw, test_transform, to_unit_float
 from .centroids import class_centroids
 from .data import LongTailData
 from .metrics import classification_report
 from .sampling import batches
-from .speed import autocast, model_input
 
 # Called after every epoch with the epoch's record and the loop's full state (enough to resume from).
 EpochCallback = Callable[[dict, dict], None]
@@ -81,28 +81,42 @@ def extract(net: Callable[[Tensor], tuple[Tensor, Tensor]], items: Tensor, batch
     channels_last, precision = (cfg.channels_last, cfg.precision) if cfg is not None else (False, "fp32")
     feats, logits = [], []
     for chunk in torch.split(items, batch_size):
-        with autocast(items.device, precision):
-            z, out = net(model_input(transform(chunk), channels_last))
+        x = speed.model_input(transform(chunk), channels_last)  # outside autocast: the model's precision only
+        with speed.autocast(items.device, precision):
+            z, out = net(x)
         # copies: with CUDA graphs the next chunk's replay reuses these outputs' memory
         feats.append(z.to(torch.float32, copy=True))
         logits.append(out.to(torch.float32, copy=True))
     return torch.cat(feats), torch.cat(logits)
 
 
+def augmenter(cfg: Any, sizes: Collection[int]) -> ApplyDraws:
+    """Returns how a stage applies its augmentation draws: `apply_draws`, or with `cfg.graph_augment` its
+    sync-free form, replayed on a GPU from a CUDA graph for chunks of one of `sizes` images (other chunks,
+    such as a pass's short last one, run the sync-free form eagerly)."""
+    if not cfg.graph_augment:
+        return apply_draws
+    replay = speed.graphed(lambda x, *draws: apply_draws(x, Draws.from_tensors(draws), sync_free=True), sizes)
+
+    def augment(x: Tensor, d: Draws) -> Tensor:
+        return replay(x, *d.tensors())
+    return augment
+
+
 def augmented_batches(data: LongTailData, stream: Tensor, batch_size: int, gen: torch.Generator,
-                      chunk_batches: int, autoaugment: bool = False,
-                      use_cutout: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+                      chunk_batches: int, autoaugment: bool = False, use_cutout: bool = False,
+                      augment: ApplyDraws = apply_draws) -> Iterator[tuple[Tensor, Tensor]]:
     """Yields (normalised augmented images, labels) for consecutive batches of the index `stream`.
 
     `chunk_batches` batches are augmented in one call, their draws made batch by batch in the order one call
-    per batch makes them: the images are the same, and a GPU launches the augmentation kernels (and syncs
-    for AutoAugment's grouping) once per chunk instead of once per batch.
+    per batch makes them: the images are the same, and a GPU launches the augmentation kernels (and, unless
+    `augment` is sync-free, syncs for AutoAugment's grouping) once per chunk instead of once per batch.
     """
     for chunk in torch.split(stream, batch_size * chunk_batches):
         parts = batches(chunk, batch_size)
         draws = concat_draws([draw(len(p), gen, stream.device, autoaugment, use_cutout,
                                    image_size=data.train_images.shape[2]) for p in parts])
-        images = apply_draws(data.train_images[chunk], draws)
+        images = augment(data.train_images[chunk], draws)
         for x, part in zip(torch.split(images, batch_size), parts):
             yield x, data.train_labels[part]
 

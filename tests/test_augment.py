@@ -177,6 +177,18 @@ def test_autoaugment_batch_matches_pil_subpolicy_per_image():
     assert_within_bound(ours, torch.stack(ref), GEOMETRIC_BOUND, "sub-policies")
 
 
+def test_sync_free_autoaugment_gives_the_grouped_images_bit_for_bit():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.cat([IMAGES, IMAGES.flip(3)] * 20)
+    plan = autoaugment.sample_autoaugment_plan(len(x), gen, x.device)
+    for slot in (0, 1):  # every op the policy can fire in a slot fires there, so each op's selection is checked
+        in_policy = {sub[1 + 3 * slot] for sub in autoaugment.CIFAR10_POLICY if sub[3 * slot] > 0}
+        fired = {autoaugment.CIFAR10_POLICY[p][1 + 3 * slot] for p in plan.policy[plan.applied[:, slot]].tolist()}
+        assert fired == in_policy
+    grouped = autoaugment.apply_autoaugment_plan(x, plan)
+    assert torch.equal(autoaugment.apply_autoaugment_plan(x, plan, sync_free=True), grouped)
+
+
 def test_autoaugment_draws_its_plan_from_the_generator():
     x = IMAGES
     out = autoaugment.autoaugment_cifar10(x, torch.Generator().manual_seed(3))

@@ -87,17 +87,28 @@ def test_a_stage_1_epoch_syncs_as_often_with_twice_the_batches(data, method):
     assert not many - few, f"syncs that grow with the batches: {many - few}"
 
 
-def test_stage_2_syncs_grow_with_augmentation_chunks_not_batches(data):
+@pytest.fixture(scope="module")
+def stage1_state(data):
+    return train_stage1(Stage1Config(epochs=1, batch_size=32, lr=0.01, warmup_epochs=1), data, CPU).last_state
+
+
+def _stage2_syncs(data, stage1_state, batch_size, augment_batches, **speed):
+    cfg = Stage2Config(epochs=2, classifier_epochs=1, batch_size=batch_size, augment_batches=augment_batches,
+                       eval_batch_size=64, **speed)
+    return _syncs(lambda: train_stage2(cfg, data, stage1_state, CPU))
+
+
+def test_stage_2_syncs_grow_with_augmentation_chunks_not_batches(data, stage1_state):
     # The same 64-image augmentation chunks, cut into batches of 32 or of 16: only AutoAugment's grouping
     # reads back per chunk; nothing else reads per batch, in the feature or the classifier epoch.
-    stage1 = train_stage1(Stage1Config(epochs=1, batch_size=32, lr=0.01, warmup_epochs=1), data, CPU).last_state
-
-    def epochs(batch_size, augment_batches):
-        cfg = Stage2Config(epochs=2, classifier_epochs=1, batch_size=batch_size, augment_batches=augment_batches,
-                           eval_batch_size=64)
-        return _syncs(lambda: train_stage2(cfg, data, stage1, CPU))
-
-    few, many = epochs(32, 2), epochs(16, 4)
+    few, many = _stage2_syncs(data, stage1_state, 32, 2), _stage2_syncs(data, stage1_state, 16, 4)
     assert not many - few, f"syncs that grow with the batches: {many - few}"
-    per_chunk = epochs(16, 2) - few  # half the chunk: twice the chunks
+    per_chunk = _stage2_syncs(data, stage1_state, 16, 2) - few  # half the chunk: twice the chunks
     assert per_chunk and all("autoaugment.py" in where for where in per_chunk), per_chunk
+
+
+def test_with_graph_augment_stage_2_syncs_grow_with_neither_chunks_nor_batches(data, stage1_state):
+    # A CUDA graph can record only sync-free work: graph_augment's AutoAugment reads nothing back per chunk.
+    few = _stage2_syncs(data, stage1_state, 32, 2, graph_augment=True)
+    more = _stage2_syncs(data, stage1_state, 16, 2, graph_augment=True)  # twice the batches and the chunks
+    assert not more - few, f"syncs that grow with the chunks or batches: {more - few}"

@@ -159,9 +159,12 @@ def test_batches_augmented_together_are_the_images_of_one_call_per_batch(tiny, s
     assert torch.equal(g1.get_state(), g2.get_state())  # the next epoch continues the same random stream
 
 
-def test_augment_batches_does_not_change_what_either_stage_computes(tiny, stage1_weights):
-    for one, many in [(train_stage1(s1(augment_batches=1), tiny, CPU), train_stage1(s1(augment_batches=3), tiny, CPU)),
-                      (train_stage2(s2(augment_batches=1), tiny, stage1_weights, CPU),
-                       train_stage2(s2(augment_batches=3), tiny, stage1_weights, CPU))]:
-        for ra, rb in zip(_strip_times(one.history), _strip_times(many.history)):
+@pytest.mark.parametrize("speed", [{"augment_batches": 3}, {"graph_augment": True}])
+def test_augmentation_speed_settings_do_not_change_what_either_stage_computes(tiny, stage1_weights, speed):
+    # The plain run augments one batch per call, AutoAugment grouped per op.
+    for plain, fast in [(train_stage1(s1(augment_batches=1), tiny, CPU), train_stage1(s1(**speed), tiny, CPU)),
+                        (train_stage2(s2(augment_batches=1), tiny, stage1_weights, CPU),
+                         train_stage2(s2(**speed), tiny, stage1_weights, CPU))]:
+        assert len(plain.history) == len(fast.history)
+        for ra, rb in zip(_strip_times(plain.history), _strip_times(fast.history)):
             _same(ra, rb)
