@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # config.py imports this module
     from .config import Stage1Config, Stage2Config
 
 PRECISIONS = ("fp32", "bf16")
+GRAPH_DEVICES = ("cuda",)  # device types whose work `graphed` records (CUDA graphs exist only there)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -87,7 +88,7 @@ def graphed(fn: Callable[..., Tensor], sizes: Collection[int]) -> Callable[..., 
 
     def run(*args: Optional[Tensor]) -> Tensor:
         x = args[0]
-        if not x.is_cuda or x.shape[0] not in sizes:
+        if x.device.type not in GRAPH_DEVICES or x.shape[0] not in sizes:
             return fn(*args)
         key = tuple(None if a is None else (a.shape, a.dtype) for a in args)
         if key not in recordings:
