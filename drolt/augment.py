@@ -33,13 +33,13 @@ class Draws(NamedTuple):
     holes: Optional[Tensor]  # [N, 2] int64 Cutout centres (cy, cx)
 
     def tensors(self) -> tuple[Optional[Tensor], ...]:
-        """Returns the draws as a flat tuple (AutoAugment's three fields in place of its plan)."""
+        """Return the draws as a flat tuple (AutoAugment's three fields in place of its plan)."""
         plan = self.plan if self.plan is not None else (None, None, None)
         return (self.offsets, self.flip, *plan, self.holes)
 
     @classmethod
     def from_tensors(cls, tensors: Sequence[Optional[Tensor]]) -> "Draws":
-        """Returns the draws that `tensors()` flattened."""
+        """Return the draws that ``tensors()`` flattened."""
         offsets, flip, policy, applied, sign, holes = tensors
         return cls(offsets, flip, None if policy is None else AutoAugmentPlan(policy, applied, sign), holes)
 

@@ -40,7 +40,9 @@ class DataConfig:
 
 @dataclass
 class SpeedSettings:
-    """How a stage computes, not what: each setting is tested to give what the plain path gives."""
+    """How a stage computes, not what: each setting is tested to give what the plain path gives (on a CPU;
+    CUDA graphs and bf16 tensor cores are checked on a GPU by benchmarks/same_numbers.py and
+    benchmarks/graph_augment_check.py)."""
     eval_batch_size: int = 1000   # images per forward pass when evaluating or building centroid banks
     channels_last: bool = False   # channels-last memory format (drolt/speed.py)
     precision: str = "fp32"       # "fp32" or "bf16" (autocast; on CUDA)
@@ -48,9 +50,9 @@ class SpeedSettings:
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs on a GPU
     augment_batches: int = 8      # training batches augmented in one call: the same images as one call per
                                   # batch (draws are made batch by batch), fewer kernel launches on a GPU
-    graph_augment: bool = False   # augmentation without host syncs (every AutoAugment op on every image, each
-                                  # keeping its own: the same images), replayed from a CUDA graph on a GPU;
-                                  # on a CPU only the extra work remains
+    graph_augment: bool = False   # on a GPU, augmentation chunks replayed from CUDA graphs (a sync-free form:
+                                  # every AutoAugment op on every image, each keeping its own; the same
+                                  # images); no effect on a CPU
 
     def validate_speed(self) -> None:
         _choice("precision", self.precision, PRECISIONS)

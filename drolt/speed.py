@@ -1,7 +1,8 @@
 """Opt-in speed settings: channels-last memory format, bf16 autocast, torch.compile and CUDA graphs.
 
 Each is off by default; tests show that each computes what the plain path computes (within a stated
-tolerance for bf16), so turning one on is a speed choice, not a change of method.
+tolerance for bf16; CUDA graphs, which exist only on a GPU, with stand-in graphs on a CPU), so turning one
+on is a speed choice, not a change of method.
 """
 from __future__ import annotations
 
@@ -72,27 +73,29 @@ def compiled(fn: Callable, mode: str = "default", sizes: Optional[Collection[int
     return run
 
 
-def graphed(fn: Callable[..., Tensor], sizes: Collection[int]) -> Callable[..., Tensor]:
+def graphed(fn: Callable[..., Tensor], sizes: Collection[int],
+            eager: Optional[Callable[..., Tensor]] = None) -> Callable[..., Tensor]:
     """Returns `fn` replayed from CUDA graphs. A call whose first argument is a CUDA tensor with one of
-    `sizes` rows replays a recording of `fn` made at the first call with the same argument shapes (after
-    one warm-up run), on copies of its arguments; other calls run `fn`.
+    `sizes` rows replays a recording of `fn` (`record_graph`) made at the first call with the same argument
+    shapes, on copies of its arguments; other calls run `eager`, a function computing the same as `fn`
+    (default `fn` itself).
 
     A replay launches all of `fn`'s kernels at once instead of one by one, which is what a function of
-    many ops on small tensors needs on a GPU. `fn` takes tensors (or None) and returns one tensor, with no
-    host sync and no tensor made from host data after its warm-up run: a recording replays kernels only.
+    many ops on small tensors needs on a GPU. `fn` takes tensors (or None) and returns one tensor.
     Recordings are told apart by the arguments' shapes and dtypes alone, so `fn` must not depend on
     autocast or grad mode. The result is a copy, since the next replay overwrites the recorded output.
     """
     sizes = frozenset(sizes)
+    eager = eager or fn
     recordings: dict[tuple, tuple[list[Optional[Tensor]], Tensor, torch.cuda.CUDAGraph]] = {}
 
     def run(*args: Optional[Tensor]) -> Tensor:
         x = args[0]
         if x.device.type not in GRAPH_DEVICES or x.shape[0] not in sizes:
-            return fn(*args)
+            return eager(*args)
         key = tuple(None if a is None else (a.shape, a.dtype) for a in args)
         if key not in recordings:
-            recordings[key] = _record(fn, args)
+            recordings[key] = record_graph(fn, args)
         inputs, output, graph = recordings[key]
         for static, a in zip(inputs, args):
             if static is not None:
@@ -102,16 +105,22 @@ def graphed(fn: Callable[..., Tensor], sizes: Collection[int]) -> Callable[..., 
     return run
 
 
-def _record(fn: Callable[..., Tensor], args: tuple[Optional[Tensor], ...]
-            ) -> tuple[list[Optional[Tensor]], Tensor, torch.cuda.CUDAGraph]:
-    """Returns (input buffers, output, graph) of one recording of `fn` on copies of `args`."""
+def record_graph(fn: Callable[..., Tensor], args: tuple[Optional[Tensor], ...]
+                 ) -> tuple[list[Optional[Tensor]], Tensor, torch.cuda.CUDAGraph]:
+    """Returns (input buffers, output, graph): `fn` recorded as a CUDA graph on copies of `args` (CUDA
+    tensors or None), after one warm-up run. Replaying the graph reruns `fn`'s kernels on whatever the input
+    buffers then hold, into the same output.
+
+    `fn` must not sync with the host nor make tensors from host data after its warm-up run: a recording
+    replays kernels only. Tensors `fn` reads besides its arguments (a model's weights) must outlive the graph.
+    """
     device = args[0].device
     inputs = [None if a is None else a.clone() for a in args]
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
-        # The warm-up run makes the cached tables and library handles outside the recording, on the stream
-        # the recording uses (handles and workspaces are kept per stream).
+        # The warm-up run makes cached tables, library handles and optimizer state outside the recording, on
+        # the stream the recording uses (handles and workspaces are kept per stream).
         fn(*inputs)
         graph = torch.cuda.CUDAGraph()
         # thread_local: a Ray trainable runs its loop in a thread of its own, and only that thread's CUDA

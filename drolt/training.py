@@ -92,11 +92,13 @@ def extract(net: Callable[[Tensor], tuple[Tensor, Tensor]], items: Tensor, batch
 
 def augmenter(cfg: Any, sizes: Collection[int]) -> ApplyDraws:
     """Returns how a stage applies its augmentation draws: `apply_draws`, or with `cfg.graph_augment` its
-    sync-free form, replayed on a GPU from a CUDA graph for chunks of one of `sizes` images (other chunks,
-    such as a pass's short last one, run the sync-free form eagerly)."""
+    sync-free form replayed on a GPU from a CUDA graph, for chunks of one of `sizes` images. Other calls
+    (a pass's short last chunk, anything on a CPU) run `apply_draws`: the same images, each AutoAugment slot
+    computing one op for the images where it fires instead of all 14 ops for every image."""
     if not cfg.graph_augment:
         return apply_draws
-    replay = speed.graphed(lambda x, *draws: apply_draws(x, Draws.from_tensors(draws), sync_free=True), sizes)
+    replay = speed.graphed(lambda x, *draws: apply_draws(x, Draws.from_tensors(draws), sync_free=True), sizes,
+                           eager=lambda x, *draws: apply_draws(x, Draws.from_tensors(draws)))
 
     def augment(x: Tensor, d: Draws) -> Tensor:
         return replay(x, *d.tensors())

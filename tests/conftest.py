@@ -1,4 +1,5 @@
-"""Shared data fixtures: small synthetic CIFAR folders in the real on-disk layout."""
+"""Shared fixtures: small synthetic CIFAR folders in the real on-disk layout, and CUDA graphs stood in for on
+a CPU."""
 
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Callable
 
 import pytest
 
+from drolt import speed
 from drolt.data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 
 
@@ -44,3 +46,31 @@ def small_long_tail(tmp_path_factory) -> Callable[[int, int, float], LongTailDat
             warnings.simplefilter("ignore", UnofficialDataWarning)
             return load_long_tail("cifar10", root, rho=rho)
     return make
+
+
+class FakeGraph:
+    """Stands in for a CUDA graph on a CPU: a replay reruns the recorded function on the input buffers into
+    the recorded output, as a real replay does."""
+
+    def __init__(self, fn: Callable, inputs: list, output):
+        self.fn, self.inputs, self.output, self.replays = fn, inputs, output, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.output.copy_(self.fn(*self.inputs))
+
+
+@pytest.fixture
+def fake_cuda_graphs(monkeypatch) -> list[FakeGraph]:
+    """Makes `speed.graphed` record and replay on the CPU with stand-in graphs; returns the recordings made,
+    so that a test runs everything around a CUDA graph (the keys, the copies in and out) without a GPU."""
+    recordings = []
+
+    def record(fn, args):
+        inputs = [None if a is None else a.clone() for a in args]
+        recordings.append(FakeGraph(fn, inputs, fn(*inputs)))
+        return inputs, recordings[-1].output, recordings[-1]
+
+    monkeypatch.setattr(speed, "GRAPH_DEVICES", ("cpu",))
+    monkeypatch.setattr(speed, "record_graph", record)
+    return recordings

@@ -294,8 +294,9 @@ def test_status_says_running_while_a_drolt_run_holds_the_storage(tmp_path, capsy
 
 
 def test_unit_ids_of_earlier_versions_stay_valid():
-    # results/smoke/runs.csv was written before compile_mode and augment_batches existed: a grid left at
-    # their defaults must find those storage folders again instead of training everything anew.
+    # results/smoke/runs.csv was written before compile_mode, augment_batches, compile_loss and graph_augment
+    # existed: a grid left at their defaults must find those storage folders again instead of training
+    # everything anew.
     import pandas as pd
     repo = Path(__file__).resolve().parents[1]
     recorded = pd.read_csv(repo / "results" / "smoke" / "runs.csv")

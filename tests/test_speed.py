@@ -102,28 +102,9 @@ def test_unknown_compile_mode_is_rejected_with_the_allowed_values():
         Stage1Config(compile_mode="fast").validate()
 
 
-class _FakeGraph:
-    """Stands in for a CUDA graph on a CPU: a replay recomputes into the recorded output, as a real one does."""
-
-    def __init__(self, fn, inputs, output):
-        self.fn, self.inputs, self.output, self.replays = fn, inputs, output, 0
-
-    def replay(self):
-        self.replays += 1
-        self.output.copy_(self.fn(*self.inputs))
-
-
-def test_graphed_records_once_per_shape_and_replays_on_each_calls_own_data(monkeypatch):
-    recordings = []
-
-    def record(fn, args):
-        inputs = [a.clone() for a in args]
-        recordings.append(_FakeGraph(fn, inputs, fn(*inputs)))
-        return inputs, recordings[-1].output, recordings[-1]
-
-    monkeypatch.setattr(speed, "GRAPH_DEVICES", ("cpu",))
-    monkeypatch.setattr(speed, "_record", record)
-    run = speed.graphed(lambda x, y: x * 2 + y, sizes=(4, 6))
+def test_graphed_records_once_per_shape_and_replays_on_each_calls_own_data(fake_cuda_graphs):
+    recordings = fake_cuda_graphs
+    run = speed.graphed(lambda x, y: x * 2 + y, sizes=(4, 6), eager=lambda x, y: x * 2 + y + 100)
     a, b = torch.arange(4.0), torch.ones(4)
     first = run(a, b)
     second = run(a + 10, b)  # same shapes: the first recording, replayed on the new data
@@ -132,5 +113,5 @@ def test_graphed_records_once_per_shape_and_replays_on_each_calls_own_data(monke
     assert len(recordings) == 1 and recordings[0].replays == 2
     run(torch.arange(6.0), torch.ones(6))  # another recorded size: a recording of its own
     assert len(recordings) == 2
-    assert torch.equal(run(torch.arange(5.0), torch.ones(5)), torch.arange(5.0) * 2 + 1)  # not a recorded size
+    assert torch.equal(run(torch.arange(5.0), torch.ones(5)), torch.arange(5.0) * 2 + 101), "not a recorded size"
     assert len(recordings) == 2 and recordings[0].replays == 2
