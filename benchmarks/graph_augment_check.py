@@ -7,8 +7,10 @@ This script augments chunks as stage 2 does (training chunks of batch_size x aug
 centroid-bank chunks of eval_batch_size, and a short last chunk, which runs eagerly) with graph_augment's
 augmenter and with the plain `apply_draws`, from the same draws, for a few rounds, with training steps of a
 ResNet-32 under torch.compile reduce-overhead and bf16 autocast in between. It compares the images bit for
-bit, prints the milliseconds per chunk of both, and exits with status 1 on any difference. Records of whole
-runs are not compared here: on a GPU two plain runs already differ in their last bits (atomic adds).
+bit, prints the milliseconds per chunk of both (round 0's graph column includes the recording; on a CPU,
+where nothing is recorded, both columns are the grouped path), the GPU memory the recordings hold, and exits
+with status 1 on any difference. Records of whole runs are not compared here: on a GPU two plain runs
+already differ in their last bits (atomic adds).
 """
 from __future__ import annotations
 
@@ -53,8 +55,9 @@ def main() -> None:
     net = speed.compiled(model, "reduce-overhead", sizes=(cfg.batch_size,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     print(f"graph_augment check | {device_name(device)} | torch {torch.__version__}")
-    print(f"{'round':>5}{'chunk':>7}{'same images':>13}{'graph ms':>10}{'plain ms':>10}")
+    print(f"{'round':>5}{'chunk':>7}{'same images':>13}{'graph ms':>10}{'plain ms':>10}{'plain/graph':>13}")
     differences = 0
+    reserved = torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
     for round_ in range(args.rounds):
         for n in (*sizes, 300):  # 300: a short last chunk, not recorded
             x = images[torch.randint(0, len(images), (n,), device=device, generator=gen)]
@@ -63,7 +66,8 @@ def main() -> None:
             plain, plain_ms = timed(lambda: apply_draws(x, d), device)
             same = torch.equal(graphed, plain)
             differences += not same
-            print(f"{round_:>5}{n:>7}{str(same):>13}{graph_ms:>10.2f}{plain_ms:>10.2f}", flush=True)
+            print(f"{round_:>5}{n:>7}{str(same):>13}{graph_ms:>10.2f}{plain_ms:>10.2f}{plain_ms / graph_ms:>12.2f}x",
+                  flush=True)
             # a training step whose CUDA graphs replay between the augmentation's, as in a stage-2 epoch
             batch = graphed[:cfg.batch_size].contiguous(memory_format=torch.channels_last)
             with speed.autocast(device, "bf16"):
@@ -72,6 +76,10 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    if device.type == "cuda":  # the model's share included: its weights, optimizer state and CUDA graphs
+        grown = (torch.cuda.memory_reserved(device) - reserved) / 2**20
+        print(f"GPU memory reserved during the rounds: {grown:.0f} MiB, peak allocated "
+              f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
     print("graph_augment gives the plain images" if not differences else f"{differences} chunks DIFFER")
     sys.exit(1 if differences else 0)
 

@@ -12,8 +12,9 @@ decay) is elementwise, so one optimizer over the packed parameters is K optimize
 The script first checks that claim (two SGD steps of the packed model against K separate models, in
 float64, max abs differences printed), then times the training step (forward, CE, backward, SGD) on
 pre-made batches for K = 1, 2, 4, 8 (`--counts`) under each mode, with ratios against K = 1 of the same
-mode, measured in the same run. Modes: eager; graph (CUDA: the whole step, optimizer included, captured as one CUDA graph);
-compile (torch.compile reduce-overhead of the model, the project's current per-trial setting).
+mode, measured in the same run. Modes: eager; graph (CUDA: the whole step, optimizer included, recorded as
+one CUDA graph with `speed.record_graph`); compile (torch.compile reduce-overhead of the model, the
+project's current per-trial setting).
 
     PYTHONPATH=. python3 -m benchmarks.packed_seeds --device cuda --channels-last --precision bf16
 """
@@ -179,32 +180,22 @@ def training_step(k: int, device: torch.device, batch: int, mode: str, channels_
     x = torch.randn(k, batch, 3, 32, 32, device=device)
     y = torch.randint(0, CLASSES, (k, batch), device=device)
 
-    def step() -> None:
+    def step(x: Tensor, y: Tensor) -> Tensor:
         with speed.autocast(device, precision, cache=mode != "graph"):
             _, logits = net(x)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch  # sum of K means
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)  # inside a recording: the gradients come from the graph's own memory
         loss.backward()
         opt.step()
+        return loss
 
     if mode != "graph":
         for _ in range(5):  # cudnn autotuning, compilation and CUDA-graph recording happen here
-            step()
+            step(x, y)
         sync(device)
-        return step
-    # Warm up on a side stream (cudnn autotuning, optimizer state, library handles and workspaces, which are
-    # cached per stream), then capture the whole step once on that same stream. The gradients the step sets
-    # to None are made again inside the capture, from the graph's own memory, and every replay refills them.
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=side):
-        step()
-    replay = functools.partial(_replay, graph, (model, opt, x, y))
+        return functools.partial(step, x, y)
+    inputs, _, graph = speed.record_graph(step, (x, y))  # the whole step, optimizer included
+    replay = functools.partial(_replay, graph, (model, opt, inputs))
     replay()
     sync(device)
     return replay
