@@ -1,33 +1,32 @@
 #!/usr/bin/env bash
 # The next GPU measurement of the speed issue, most telling first; a part is skipped when fewer seconds than
 # its limit are left of BUDGET_S (gpu_common.sh), so the later parts run only when earlier ones end early:
-#   1. seeds packed into one model (packed_seeds): aggregate training-step throughput of 1, 2, 4, 8 seeds as
-#      one grouped-convolution model, the whole step in one CUDA graph: can in-process packing reach 3x
-#      where process packing stops at 1.36x?
+#   1. packed_stage1: whole stage-1 epochs of 4 seeds packed into one grouped-convolution model against 1,
+#      with the fast settings: can in-process packing reach the 3x that process packing (1.36x) cannot?
 #   2. graph_augment_check: the augmentation replayed from CUDA graphs gives the plain path's images bit for
 #      bit, beside a model in CUDA graphs; its time per chunk and the memory the recordings take
-#   3. steady stage-2 epochs: fast settings alone, + compile_loss and augment_batches=32, + graph_augment
-#   4. reference-style epochs at (nearly) full size, timed instead of extrapolated from shortened ones:
+#   3. steady stage-2 epochs: fast settings alone, then + compile_loss, augment_batches=32 and graph_augment
+#   4. packed_seeds: the bare training step of 1, 2, 4, 8 packed seeds, the whole step in one CUDA graph
+#   5. reference-style epochs at (nearly) full size, timed instead of extrapolated from shortened ones:
 #      stage 2 over 49,920 of the 50,000-image pass, stage 1 over 12,288 of the 12,406 images
-#   5. a steady stage-2 epoch profiled with the fast settings (profile_epoch: GPU busy time against the
+#   6. a steady stage-2 epoch profiled with the fast settings (profile_epoch: GPU busy time against the
 #      epoch's time, launches, syncs, top ops)
-#   6. steady stage-1 epochs with the fast settings (the first epoch shows the warm-up now that only the
-#      batch and evaluation sizes are compiled)
-#   7. a steady stage-1 epoch profiled
+#   7. steady stage-1 epochs with the fast settings (the first epoch shows the warm-up now that only the
+#      batch and evaluation sizes are compiled), and a steady stage-1 epoch profiled
 #   8. the same-numbers check of the fast settings with compile_loss and graph_augment (records within the
 #      stated tolerances; the eager short batches beside the CUDA graphs are checked on a GPU too)
 #   OUT=/some/folder bash benchmarks/gpu_next.sh
 source "$(dirname "$0")/gpu_common.sh"
-step 60 packed_seeds.txt python3 -m benchmarks.packed_seeds --device cuda --channels-last --precision bf16 \
-    --modes graph
+step 180 packed_stage1.txt python3 -m benchmarks.packed_stage1 --device cuda --counts 4 "${FAST1[@]}"
 step 120 graph_augment_check.txt python3 -m benchmarks.graph_augment_check --device cuda
-for extra in "" "stage2.compile_loss=true stage2.augment_batches=32" \
-             "stage2.compile_loss=true stage2.augment_batches=32 stage2.graph_augment=true"; do
+for extra in "" "stage2.compile_loss=true stage2.augment_batches=32 stage2.graph_augment=true"; do
     sets=()
     for kv in $extra; do sets+=(--set "$kv"); done
     step 80 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 \
         "${FAST2[@]}" "${sets[@]}"
 done
+step 60 packed_seeds.txt python3 -m benchmarks.packed_seeds --device cuda --channels-last --precision bf16 \
+    --modes graph
 step 100 reference_full.txt python3 -m benchmarks.bench_loops --device cuda --loops ref --stages 2 --batches 390 \
     --repeats 2 --warmup 0
 step 40 reference_full.txt python3 -m benchmarks.bench_loops --device cuda --loops ref --stages 1 --batches 96 \

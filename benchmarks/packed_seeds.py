@@ -84,28 +84,32 @@ class PackedBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def pack(x: Tensor) -> Tensor:
+    """Returns K batches [K, B, C, H, W] as one packed batch [B, K*C, H, W] (seed i's image j in channels
+    [C*i, C*i + C) of row j), the input of `PackedResNet`."""
+    k, b, c, h, w = x.shape
+    return x.transpose(0, 1).reshape(b, k * c, h, w)
+
+
 class PackedResNet(nn.Module):
     """K CIFAR ResNets (linear heads) with their own weights, run as one model:
-    [K, B, 3, H, W] in, (features [K, B, 64], logits [K, B, C]) out."""
+    a packed batch [B, K*3, H, W] (`pack`) in, (features [K, B, 64], logits [K, B, C]) out."""
 
-    def __init__(self, models: Sequence[ResNetCifar], channels_last: bool = False):
+    def __init__(self, models: Sequence[ResNetCifar]):
         super().__init__()
         if any(not isinstance(m.fc, nn.Linear) for m in models):
             raise ValueError("PackedResNet packs linear heads only; build the models with cosine_head=False")
-        self.k, self.channels_last = len(models), channels_last
+        self.k = len(models)
         self.conv1, self.bn1 = _packed_conv([m.conv1 for m in models]), _packed_bn([m.bn1 for m in models])
         self.layers = nn.Sequential(*(PackedBlock(blocks) for blocks in zip(*(m.layers for m in models))))
         self.fc_weight = nn.Parameter(torch.stack([m.fc.weight.detach() for m in models]))  # [K, C, 64]
         self.fc_bias = nn.Parameter(torch.stack([m.fc.bias.detach() for m in models]))  # [K, C]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        k, b, c, h, w = x.shape
-        x = x.transpose(0, 1).reshape(b, k * c, h, w)  # seed i's image j -> channels [3i, 3i+3) of row j
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        b = x.shape[0]
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layers(out)
-        z = F.adaptive_avg_pool2d(out, 1).reshape(b, k, -1).transpose(0, 1)  # [K, B, 64]
+        z = F.adaptive_avg_pool2d(out, 1).reshape(b, self.k, -1).transpose(0, 1)  # [K, B, 64]
         return z, torch.baddbmm(self.fc_bias.unsqueeze(1), z, self.fc_weight.transpose(1, 2))
 
 
@@ -146,7 +150,7 @@ def check_packing(device: torch.device, k: int = 3, batch: int = 16) -> str:
             F.cross_entropy(m(xi)[1], yi).backward()
             opt.step()
         packed_opt.zero_grad()
-        _, logits = packed(x)
+        _, logits = packed(pack(x))
         sum(F.cross_entropy(logits[i], y[i]) for i in range(k)).backward()
         packed_opt.step()
     diffs = {}
@@ -155,7 +159,7 @@ def check_packing(device: torch.device, k: int = 3, batch: int = 16) -> str:
             for net in (*models, packed):
                 net.train(mode == "train")
             separate = [m(x) for m, x in zip(models, xs[2])]
-            z, logits = packed(xs[2])
+            z, logits = packed(pack(xs[2]))
             diffs[f"{mode} features"] = (z - torch.stack([s[0] for s in separate])).abs().max().item()
             diffs[f"{mode} logits"] = (logits - torch.stack([s[1] for s in separate])).abs().max().item()
     bns = [[mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)] for m in (*models, packed)]
@@ -172,12 +176,12 @@ def training_step(k: int, device: torch.device, batch: int, mode: str, channels_
     """Returns a function running one training step of K packed seeds on fixed batches (warmed up, and run
     once more, so a failure shows here rather than in the timing)."""
     torch.backends.cudnn.benchmark = True
-    model = PackedResNet(seeded_models(k), channels_last).to(device)
+    model = PackedResNet(seeded_models(k)).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     net = speed.compiled(model, "reduce-overhead") if mode == "compile" else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-    x = torch.randn(k, batch, 3, 32, 32, device=device)
+    x = speed.model_input(pack(torch.randn(k, batch, 3, 32, 32, device=device)), channels_last)
     y = torch.randint(0, CLASSES, (k, batch), device=device)
 
     def step(x: Tensor, y: Tensor) -> Tensor:
