@@ -299,12 +299,12 @@ def measure(args: argparse.Namespace) -> dict:
     cfg1, cfg2 = parse_overrides(args.set, Stage1Config(), Stage2Config())
     full = load_data(args)
     try:
-        data = {s: shortened(full, s, args.batches * cfg1.batch_size) for s in (1, 2)}
+        data = {s: shortened(full, s, args.batches * cfg1.batch_size) for s in args.stages}  # only those timed
     except ValueError as error:
         raise SystemExit(str(error)) from None
     torch.manual_seed(cfg1.seed)
     init = resnet32(full.num_classes).state_dict()  # what train_stage1 starts from (seeded the same way)
-    refs = {s: ReferenceLoop(data[s], device, cfg1.batch_size, args.workers) for s in (1, 2)}
+    refs = {s: ReferenceLoop(data[s], device, cfg1.batch_size, args.workers) for s in args.stages}
     prepare = {
         (1, "ref"): lambda: ref_stage1(refs[1], data[1], cfg1, init, device),
         (1, "project"): lambda: project_stage1(data[1], cfg1, device),
@@ -334,12 +334,12 @@ def measure(args: argparse.Namespace) -> dict:
     runs = {key: results for key, results in runs.items() if results}
     context = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
                "torchvision": torchvision.__version__, "python": platform.python_version(),
-               "workers": refs[1].workers, "data": full.source, "dataset": full.name, "rho": full.rho,
+               "workers": next(iter(refs.values())).workers, "data": full.source, "dataset": full.name, "rho": full.rho,
                "lt_images": len(full.train_labels), "pass_length": max(full.class_counts) * full.num_classes,
                "batches": args.batches, "repeats": args.repeats, "settings": args.set,
-               "stream_images": {s: stream_images(data[s], s) for s in (1, 2)},
-               "eval_images": {s: len(data[s].train_labels) + len(data[s].test_labels) for s in (1, 2)},
-               "test_images": {s: len(data[s].test_labels) for s in (1, 2)},
+               "stream_images": {s: stream_images(data[s], s) for s in args.stages},
+               "eval_images": {s: len(data[s].train_labels) + len(data[s].test_labels) for s in args.stages},
+               "test_images": {s: len(data[s].test_labels) for s in args.stages},
                "failed": {f"stage {s} {loop}": why for (s, loop), why in failed.items()}}
     return {"context": context, "runs": runs}
 
@@ -367,10 +367,12 @@ def print_report(measured: dict, table: dict) -> None:
     settings = f" | --set {' '.join(ctx['settings'])}" if ctx["settings"] else ""
     print(f"device: {ctx['device']} | torch {ctx['torch']} torchvision {ctx['torchvision']} python {ctx['python']} "
           f"| ref DataLoader workers {ctx['workers']}{settings}")
+    timed = {1: lambda: f"stage 1 {ctx['stream_images'][1]} train + {ctx['eval_images'][1]} eval images (ref: "
+                        f"{ctx['test_images'][1]} test only)",
+             2: lambda: f"stage 2 {ctx['stream_images'][2]} bank+train + {ctx['eval_images'][2]} eval images"}
     print(f"data: {ctx['dataset']} rho {ctx['rho']:g} ({ctx['data']}), {ctx['lt_images']} LT images, full stream "
-          f"pass {ctx['pass_length']}; per epoch timed: stage 1 {ctx['stream_images'][1]} train + "
-          f"{ctx['eval_images'][1]} eval images (ref: {ctx['test_images'][1]} test only), stage 2 "
-          f"{ctx['stream_images'][2]} bank+train + {ctx['eval_images'][2]} eval images; median of {ctx['repeats']}")
+          f"pass {ctx['pass_length']}; per epoch timed: {', '.join(timed[s]() for s in sorted(ctx['stream_images']))}"
+          f"; median of {ctx['repeats']}")
     mem = "GPU MiB" if ctx["device_type"] == "cuda" else "PSS MiB"
     print(f"{'loop':<8}{'stage':>6}{'median s':>10}{'min-max s':>15}{'images/s':>10}{'b/a':>8}{'b/c':>8}"
           f"{mem:>9}  passes (median s)")
