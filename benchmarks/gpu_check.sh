@@ -11,4 +11,4 @@ step "${PACKING_S:-200}" packing.txt python3 -m benchmarks.gpu_packing --loops-j
     --counts 1 2 4 8 "${FAST1[@]}"
 step "${SAME_S:-70}" same_numbers.txt python3 -m benchmarks.same_numbers --device cuda "${FAST1[@]}" "${FAST2[@]}"
 echo "$(date +%T) end after ${SECONDS} s"
-exit "$WORST"
+exit "$FAILED"

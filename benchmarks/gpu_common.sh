@@ -9,7 +9,7 @@ FAST1=(--set stage1.channels_last=true --set stage1.precision=bf16 --set stage1.
        --set stage1.compile_mode=reduce-overhead)
 FAST2=(--set stage2.channels_last=true --set stage2.precision=bf16 --set stage2.compile=true
        --set stage2.compile_mode=reduce-overhead)
-WORST=0
+FAILED=0    # the exit status of the first part that failed, the scripts' own exit status
 
 step() {  # step LIMIT_S OUTPUT_FILE COMMAND...
     local limit=$1 file=$OUT/$2 rc
@@ -23,7 +23,7 @@ step() {  # step LIMIT_S OUTPUT_FILE COMMAND...
     rc=${PIPESTATUS[0]}
     if (( rc != 0 )); then
         echo "$(date +%T) exit $rc$( ((rc == 124)) && echo ', timed out')" | tee -a "$file"
-        WORST=$rc
+        (( FAILED )) || FAILED=$rc
     fi
 }
 

@@ -37,4 +37,4 @@ step 60 profile_stage1.txt python3 -m benchmarks.profile_epoch --device cuda --s
 step 70 same_numbers.txt python3 -m benchmarks.same_numbers --device cuda "${FAST1[@]}" "${FAST2[@]}" \
     --set stage2.compile_loss=true --set stage1.graph_augment=true --set stage2.graph_augment=true
 echo "$(date +%T) end after ${SECONDS} s"
-exit "$WORST"
+exit "$FAILED"
