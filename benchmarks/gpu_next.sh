@@ -22,7 +22,7 @@ step 120 graph_augment_check.txt python3 -m benchmarks.graph_augment_check --dev
 for extra in "" "stage2.compile_loss=true stage2.augment_batches=32 stage2.graph_augment=true"; do
     sets=()
     for kv in $extra; do sets+=(--set "$kv"); done
-    step 80 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 \
+    step 90 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 \
         "${FAST2[@]}" "${sets[@]}"
 done
 step 60 packed_seeds.txt python3 -m benchmarks.packed_seeds --device cuda --channels-last --precision bf16 \
