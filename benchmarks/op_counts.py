@@ -59,12 +59,11 @@ def main() -> None:
     def stage2_loss(fn: Callable) -> Callable[[], object]:
         return lambda: fn(z, logits, y, centroids, eps, weights, 1.0, "faithful", 1.0, 1.0)[0].backward()
 
-    def augment(stage2: bool, chunk: int = CHUNK) -> Callable[[], object]:
-        return lambda: apply_draws(images[:BATCH * chunk], concat_draws([draw(BATCH, gen, images.device, stage2,
-                                                                              stage2) for _ in range(chunk)]))
+    def draws(chunk: int, stage2: bool = True) -> Callable[[], object]:
+        return lambda: concat_draws([draw(BATCH, gen, images.device, stage2, stage2) for _ in range(chunk)])
 
-    def draws(chunk: int) -> Callable[[], object]:
-        return lambda: concat_draws([draw(BATCH, gen, images.device, True, True) for _ in range(chunk)])
+    def augment(stage2: bool, chunk: int = CHUNK) -> Callable[[], object]:
+        return lambda: apply_draws(images[:BATCH * chunk], draws(chunk, stage2)())
 
     parts = {  # name: (one call, training batches it serves)
         "stage-1 loss, forward + backward": (lambda: F.cross_entropy(logits, y).backward(), 1),

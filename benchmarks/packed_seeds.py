@@ -113,12 +113,12 @@ class PackedResNet(nn.Module):
         return z, torch.baddbmm(self.fc_bias.unsqueeze(1), z, self.fc_weight.transpose(1, 2))
 
 
-def seeded_models(k: int) -> list[ResNetCifar]:
+def seeded_models(k: int, num_classes: int = CLASSES) -> list[ResNetCifar]:
     """Returns K ResNet-32s initialised as `train_stage1` would with seeds 0..K-1."""
     models = []
     for seed in range(k):
         torch.manual_seed(seed)
-        models.append(resnet32(CLASSES))
+        models.append(resnet32(num_classes))
     return models
 
 

@@ -25,46 +25,43 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.common import device_name, parse_overrides, resolve_device, scaled, sync, synthetic_long_tail
-from benchmarks.packed_seeds import PackedResNet, pack
+from benchmarks.packed_seeds import PackedResNet, pack, seeded_models
 from drolt import speed
 from drolt.augment import test_transform, to_unit_float
 from drolt.centroids import class_centroids
 from drolt.config import Stage1Config, Stage2Config
 from drolt.data import LongTailData
 from drolt.metrics import classification_report
-from drolt.model import resnet32
 from drolt.sampling import ShuffledEpochs
 from drolt.stage1 import lr_at, train_stage1
-from drolt.training import augmented_batches, device_generator, set_lr
+from drolt.training import augmented_batches, device_generator, extract, set_lr
 
 
-def packed_features(net, data_images: Tensor, k: int, cfg: Stage1Config) -> tuple[Tensor, Tensor]:
+def packed_features(net, images: Tensor, k: int, cfg: Stage1Config) -> tuple[Tensor, Tensor]:
     """Returns (features [K, n, 64], logits [K, n, C]) of every seed on the same un-augmented images."""
-    feats, logits = [], []
-    for chunk in torch.split(data_images, cfg.eval_batch_size):
+    def every_seed(chunk: Tensor) -> Tensor:
         x = test_transform(to_unit_float(chunk))
-        x = speed.model_input(pack(x.unsqueeze(0).expand(k, *x.shape)), cfg.channels_last)
-        with torch.no_grad(), speed.autocast(data_images.device, cfg.precision):
-            z, out = net(x)
-        feats.append(z.to(torch.float32, copy=True))  # copies: a CUDA-graph replay reuses the outputs' memory
-        logits.append(out.to(torch.float32, copy=True))
-    return torch.cat(feats, 1), torch.cat(logits, 1)
+        return pack(x.unsqueeze(0).expand(k, *x.shape))
+
+    def images_first(x: Tensor) -> tuple[Tensor, Tensor]:  # extract concatenates along the first dimension
+        z, logits = net(x)
+        return z.transpose(0, 1), logits.transpose(0, 1)
+
+    z, logits = extract(images_first, images, cfg.eval_batch_size, every_seed, cfg)
+    return z.transpose(0, 1), logits.transpose(0, 1)
 
 
-def train_packed(cfg: Stage1Config, data: LongTailData, device: torch.device, seeds: list[int],
+def train_packed(cfg: Stage1Config, data: LongTailData, device: torch.device, k: int,
                  epochs: int) -> tuple[list[float], list[list[dict]]]:
-    """Trains stage 1 (CE) for `seeds` packed into one model; returns the epoch times and each seed's records."""
-    models = []
-    for seed in seeds:
-        torch.manual_seed(seed)  # model init, as train_stage1
-        models.append(resnet32(data.num_classes))
-    model = PackedResNet(models).to(device)
+    """Trains stage 1 (CE) for seeds 0..k-1 packed into one model; returns the epoch times and each seed's
+    records."""
+    model = PackedResNet(seeded_models(k, data.num_classes)).to(device)
     net = speed.prepare(model, cfg)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    samplers = [ShuffledEpochs(len(data.train_labels), seed) for seed in seeds]
-    gens = [device_generator(device, seed) for seed in seeds]
-    k, n = len(seeds), len(data.train_labels)
-    times, records = [], [[] for _ in seeds]
+    samplers = [ShuffledEpochs(len(data.train_labels), seed) for seed in range(k)]
+    gens = [device_generator(device, seed) for seed in range(k)]
+    n = len(data.train_labels)
+    times, records = [], [[] for _ in range(k)]
     for epoch in range(epochs):
         sync(device)
         t0 = time.perf_counter()
@@ -117,7 +114,7 @@ def main() -> None:
     print(f"{'seeds':>5}{'first s':>9}{'steady s':>10}{'train img/s':>13}{'vs 1 seed':>11}")
     base = None
     for k in sorted(set(args.counts) | {1}):
-        times, records = train_packed(cfg, data, device, list(range(k)), args.epochs)
+        times, records = train_packed(cfg, data, device, k, args.epochs)
         steady = statistics.median(times[1:])
         rate = k * n / steady
         base = base or rate
