@@ -5,30 +5,28 @@
 #      with the fast settings: can in-process packing reach the 3x that process packing (1.36x) cannot?
 #   2. graph_augment_check: the augmentation replayed from CUDA graphs gives the plain path's images bit for
 #      bit, beside a model in CUDA graphs; its time per chunk and the memory the recordings take
-#   3. steady stage-2 epochs: fast settings alone, then + compile_loss, augment_batches=32 and graph_augment
-#   4. packed_seeds: the bare training step of 1, 2, 4, 8 packed seeds, the whole step in one CUDA graph
-#   5. reference-style epochs at (nearly) full size, timed instead of extrapolated from shortened ones:
-#      stage 2 over 49,920 of the 50,000-image pass, stage 1 over 12,288 of the 12,406 images
-#   6. a steady stage-2 epoch profiled with the fast settings (profile_epoch: GPU busy time against the
+#   3. steady stage-2 epochs with the fast settings + compile_loss, augment_batches=32 and graph_augment
+#   4. a reference-style stage-2 epoch at (nearly) full size, 49,920 of the 50,000-image pass, timed instead
+#      of extrapolated from shortened ones: the denominator of stage 2's per-trial ratio
+#   5. steady stage-2 epochs with the fast settings alone, the baseline of 3 in the same call
+#   6. packed_seeds: the bare training step of 1, 2, 4, 8 packed seeds, the whole step in one CUDA graph
+#   7. a reference-style stage-1 epoch at full size (12,288 of the 12,406 images)
+#   8. a steady stage-2 epoch profiled with the fast settings (profile_epoch: GPU busy time against the
 #      epoch's time, launches, syncs, top ops)
-#   7. steady stage-1 epochs with the fast settings (the first epoch shows the warm-up now that only the
-#      batch and evaluation sizes are compiled), and a steady stage-1 epoch profiled
-#   8. the same-numbers check of the fast settings with compile_loss and graph_augment (records within the
+#   9. steady stage-1 epochs with the fast settings, and a steady stage-1 epoch profiled
+#  10. the same-numbers check of the fast settings with compile_loss and graph_augment (records within the
 #      stated tolerances; the eager short batches beside the CUDA graphs are checked on a GPU too)
 #   OUT=/some/folder bash benchmarks/gpu_next.sh
 source "$(dirname "$0")/gpu_common.sh"
-step 180 packed_stage1.txt python3 -m benchmarks.packed_stage1 --device cuda --counts 4 "${FAST1[@]}"
-step 120 graph_augment_check.txt python3 -m benchmarks.graph_augment_check --device cuda
-for extra in "" "stage2.compile_loss=true stage2.augment_batches=32 stage2.graph_augment=true"; do
-    sets=()
-    for kv in $extra; do sets+=(--set "$kv"); done
-    step 90 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 \
-        "${FAST2[@]}" "${sets[@]}"
-done
+step 220 packed_stage1.txt python3 -m benchmarks.packed_stage1 --device cuda --counts 4 "${FAST1[@]}"
+step 100 graph_augment_check.txt python3 -m benchmarks.graph_augment_check --device cuda
+step 100 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 "${FAST2[@]}" \
+    --set stage2.compile_loss=true --set stage2.augment_batches=32 --set stage2.graph_augment=true
+step 70 reference_full.txt python3 -m benchmarks.bench_loops --device cuda --loops ref --stages 2 --batches 390 \
+    --repeats 1 --warmup 0
+step 90 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 "${FAST2[@]}"
 step 60 packed_seeds.txt python3 -m benchmarks.packed_seeds --device cuda --channels-last --precision bf16 \
     --modes graph
-step 100 reference_full.txt python3 -m benchmarks.bench_loops --device cuda --loops ref --stages 2 --batches 390 \
-    --repeats 2 --warmup 0
 step 40 reference_full.txt python3 -m benchmarks.bench_loops --device cuda --loops ref --stages 1 --batches 96 \
     --repeats 3 --warmup 0
 step 90 profile_stage2.txt python3 -m benchmarks.profile_epoch --device cuda --stage 2 --fraction 0.3 "${FAST2[@]}"
