@@ -198,7 +198,7 @@ def training_step(k: int, device: torch.device, batch: int, mode: str, channels_
             step(x, y)
         sync(device)
         return functools.partial(step, x, y)
-    inputs, _, graph = speed.record_graph(step, (x, y))  # the whole step, optimizer included
+    inputs, _, graph, _ = speed.record_graph(step, (x, y))  # the whole step, optimizer included
     replay = functools.partial(_replay, graph, (model, opt, inputs))
     replay()
     sync(device)

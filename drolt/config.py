@@ -73,6 +73,9 @@ class Stage1Config(SpeedSettings):
     warmup_epochs: int = 5        # linear warm-up over the first epochs
     lr_decay_epochs: list[int] = field(default_factory=lambda: [160, 180])  # LR x0.01 after each
     drw_start_epoch: int = 160    # LDAM-DRW: class re-weighting from this epoch on
+    graph_step: bool = False      # speed: on a GPU, the whole training step (forward, loss, backward, SGD)
+                                  # of a full batch replayed from one CUDA graph; `compile` then speeds the
+                                  # evaluation only. No effect on a CPU
 
     def validate(self) -> None:
         _choice("method", self.method, STAGE1_METHODS)

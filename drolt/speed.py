@@ -7,7 +7,7 @@ on is a speed choice, not a change of method.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Collection, ContextManager, Optional
+from typing import TYPE_CHECKING, Any, Callable, Collection, ContextManager, Hashable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -73,30 +73,38 @@ def compiled(fn: Callable, mode: str = "default", sizes: Optional[Collection[int
     return run
 
 
-def graphed(fn: Callable[..., Tensor], sizes: Collection[int],
-            eager: Optional[Callable[..., Tensor]] = None) -> Callable[..., Tensor]:
+def graphed(fn: Callable[..., Tensor], sizes: Collection[int], eager: Optional[Callable[..., Tensor]] = None,
+            keep_one: bool = False) -> Callable[..., Tensor]:
     """Returns `fn` replayed from CUDA graphs. A call whose first argument is a CUDA tensor with one of
     `sizes` rows replays a recording of `fn` (`record_graph`) made at the first call with the same argument
-    shapes, on copies of its arguments; other calls run `eager`, a function computing the same as `fn`
-    (default `fn` itself).
+    shapes and `key`, on copies of its arguments; other calls run `eager`, a function computing the same as
+    `fn` (default `fn` itself).
 
     A replay launches all of `fn`'s kernels at once instead of one by one, which is what a function of
     many ops on small tensors needs on a GPU. `fn` takes tensors (or None) and returns one tensor.
-    Recordings are told apart by the arguments' shapes and dtypes alone, so `fn` must not depend on
-    autocast or grad mode. The result is a copy, since the next replay overwrites the recorded output.
+    Recordings are told apart by the arguments' shapes and dtypes and by the call's `key=` (anything
+    hashable), which names what a recording keeps as it was when recorded besides the arguments' contents:
+    Python numbers such as a learning rate. `fn` must not depend on autocast or grad mode. The call that
+    records returns `fn`'s warm-up run on its arguments, so `fn` runs once per call even when it changes
+    state (a training step); later calls return a copy, since the next replay overwrites the recorded
+    output. `keep_one` drops the other recordings when one is made, giving their memory back: a training
+    step's recording holds its activations and gradients, and is replayed for a whole epoch.
     """
     sizes = frozenset(sizes)
     eager = eager or fn
     recordings: dict[tuple, tuple[list[Optional[Tensor]], Tensor, torch.cuda.CUDAGraph]] = {}
 
-    def run(*args: Optional[Tensor]) -> Tensor:
+    def run(*args: Optional[Tensor], key: Hashable = None) -> Tensor:
         x = args[0]
         if x.device.type not in GRAPH_DEVICES or x.shape[0] not in sizes:
             return eager(*args)
-        key = tuple(None if a is None else (a.shape, a.dtype) for a in args)
-        if key not in recordings:
-            recordings[key] = record_graph(fn, args)
-        inputs, output, graph = recordings[key]
+        name = (key, *(None if a is None else (a.shape, a.dtype) for a in args))
+        if name not in recordings:
+            if keep_one:
+                recordings.clear()
+            *recordings[name], first = record_graph(fn, args)
+            return first
+        inputs, output, graph = recordings[name]
         for static, a in zip(inputs, args):
             if static is not None:
                 static.copy_(a)
@@ -106,26 +114,28 @@ def graphed(fn: Callable[..., Tensor], sizes: Collection[int],
 
 
 def record_graph(fn: Callable[..., Tensor], args: tuple[Optional[Tensor], ...]
-                 ) -> tuple[list[Optional[Tensor]], Tensor, torch.cuda.CUDAGraph]:
-    """Returns (input buffers, output, graph): `fn` recorded as a CUDA graph on copies of `args` (CUDA
-    tensors or None), after one warm-up run. Replaying the graph reruns `fn`'s kernels on whatever the input
-    buffers then hold, into the same output.
+                 ) -> tuple[list[Optional[Tensor]], Tensor, torch.cuda.CUDAGraph, Tensor]:
+    """Returns (input buffers, output, graph, warm-up result): `fn` run once on copies of `args` (CUDA
+    tensors or None), then recorded as a CUDA graph on the same copies. Replaying the graph reruns `fn`'s
+    kernels on whatever the input buffers then hold, into the same output; the recording itself runs
+    nothing, so `fn` ran once, in the warm-up.
 
     `fn` must not sync with the host nor make tensors from host data after its warm-up run: a recording
     replays kernels only. Tensors `fn` reads besides its arguments (a model's weights) must outlive the graph.
     """
     device = args[0].device
     inputs = [None if a is None else a.clone() for a in args]
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
+    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    side.wait_stream(main)
     with torch.cuda.stream(side):
         # The warm-up run makes cached tables, library handles and optimizer state outside the recording, on
         # the stream the recording uses (handles and workspaces are kept per stream).
-        fn(*inputs)
+        first = fn(*inputs)
         graph = torch.cuda.CUDAGraph()
         # thread_local: a Ray trainable runs its loop in a thread of its own, and only that thread's CUDA
         # calls belong to the recording
         with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
             output = fn(*inputs)
-    torch.cuda.current_stream(device).wait_stream(side)
-    return inputs, output, graph
+    main.wait_stream(side)
+    first.record_stream(main)  # made on the side stream, used on the main one: not to be reused before
+    return inputs, output, graph, first

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from . import speed
 from .config import Stage1Config
@@ -39,6 +40,20 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
     aug_gen = device_generator(device, cfg.seed)
     margins = ldam_margins(data.class_counts).to(device) if ldam else None
     augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches,))
+
+    def train_step(x: Tensor, y: Tensor, weights: Optional[Tensor]) -> Tensor:
+        # In a CUDA graph the model runs its own kernels (torch.compile's graphs cannot be recorded inside
+        # another), and autocast casts the weights anew in every replay instead of caching the casts.
+        with speed.autocast(device, cfg.precision, cache=not cfg.graph_step):
+            _, logits = (model if cfg.graph_step else net)(x)
+            loss = ldam_loss(logits, y, margins, weights=weights) if ldam else F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)  # in a recording: the gradients live in the graph's memory
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    # graph_step: full batches replay the whole step from one CUDA graph, recorded anew when the learning
+    # rate (a number the recording keeps) or the class weights change. Without it no size is recorded.
+    step = speed.graphed(train_step, sizes=(cfg.batch_size,) if cfg.graph_step else (), keep_one=True)
     start, history, best = 0, [], None
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -58,14 +73,8 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
         loss_sum = torch.zeros((), device=device)
         for x, y in augmented_batches(data, sampler.next_pass().to(device), cfg.batch_size, aug_gen,
                                       cfg.augment_batches, augment=augment):
-            x = speed.model_input(x, cfg.channels_last)
-            with speed.autocast(device, cfg.precision):
-                _, logits = net(x)
-                loss = ldam_loss(logits, y, margins, weights=weights) if ldam else F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
+            loss = step(speed.model_input(x, cfg.channels_last), y, weights, key=lr)
+            loss_sum += loss * len(y)
         train_loss = loss_sum.item() / n
         check_finite(train_loss, 1, epoch)
         train_time = time.perf_counter() - t0

@@ -66,10 +66,11 @@ def fake_cuda_graphs(monkeypatch) -> list[FakeGraph]:
     so that a test runs everything around a CUDA graph (the keys, the copies in and out) without a GPU."""
     recordings = []
 
-    def record(fn, args):
+    def record(fn, args):  # as record_graph: fn runs once, in the warm-up; the "recording" runs nothing
         inputs = [None if a is None else a.clone() for a in args]
-        recordings.append(FakeGraph(fn, inputs, fn(*inputs)))
-        return inputs, recordings[-1].output, recordings[-1]
+        first = fn(*inputs)
+        recordings.append(FakeGraph(fn, inputs, first.clone()))
+        return inputs, recordings[-1].output, recordings[-1], first
 
     monkeypatch.setattr(speed, "GRAPH_DEVICES", ("cpu",))
     monkeypatch.setattr(speed, "record_graph", record)

@@ -110,8 +110,24 @@ def test_graphed_records_once_per_shape_and_replays_on_each_calls_own_data(fake_
     second = run(a + 10, b)  # same shapes: the first recording, replayed on the new data
     assert torch.equal(first, a * 2 + 1), "a later replay must not overwrite an earlier result"
     assert torch.equal(second, (a + 10) * 2 + 1)
-    assert len(recordings) == 1 and recordings[0].replays == 2
+    assert len(recordings) == 1 and recordings[0].replays == 1, "the recording call returns its warm-up run"
     run(torch.arange(6.0), torch.ones(6))  # another recorded size: a recording of its own
     assert len(recordings) == 2
     assert torch.equal(run(torch.arange(5.0), torch.ones(5)), torch.arange(5.0) * 2 + 101), "not a recorded size"
-    assert len(recordings) == 2 and recordings[0].replays == 2
+    assert len(recordings) == 2 and recordings[0].replays == 1
+
+
+def test_graphed_runs_a_stateful_step_once_per_call_and_records_anew_for_each_key(fake_cuda_graphs):
+    # A training step changes state: the call that records must not run it twice, and a number the
+    # recording keeps (a learning rate) needs a recording per value; keep_one holds only the latest.
+    total = torch.zeros(())
+
+    def step(x):
+        total.add_(x.sum())
+        return total.clone()
+    run = speed.graphed(step, sizes=(3,), keep_one=True)
+    for key in (0.1, 0.1, 0.2, 0.1):
+        run(torch.ones(3), key=key)
+    assert total.item() == 12, "one step per call"
+    assert len(fake_cuda_graphs) == 3, "0.1, 0.2, then 0.1 again: its recording was dropped for 0.2's"
+    assert [g.replays for g in fake_cuda_graphs] == [1, 0, 0]

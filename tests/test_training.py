@@ -181,4 +181,18 @@ def test_graph_augment_gives_the_plain_records_when_its_recordings_replay(tiny, 
         for ra, rb in zip(_strip_times(plain.history), _strip_times(graphed.history)):
             _same(ra, rb)
     # stage 1's training chunks, stage 2's training and bank chunks
-    assert len(fake_cuda_graphs) == 3 and all(g.replays > 1 for g in fake_cuda_graphs)
+    assert len(fake_cuda_graphs) == 3 and all(g.replays > 0 for g in fake_cuda_graphs)
+
+
+@pytest.mark.parametrize("method, schedule", [("ce", {"epochs": 3, "warmup_epochs": 2}),
+                                              ("ldam_drw", {"epochs": 3, "drw_start_epoch": 2})])
+def test_graph_step_gives_the_plain_records_with_a_recording_per_learning_rate_and_weights(
+        tiny, fake_cuda_graphs, method, schedule):
+    # Stand-in graphs rerun the recorded step on its input buffers: full batches replay it (so a missing
+    # copy-in would train on one batch over and over), the short last batch runs eagerly. The learning rate
+    # changes after the first epoch (warm-up) or the class weights appear (DRW): two recordings each.
+    plain = train_stage1(s1(method=method, **schedule), tiny, CPU)
+    graphed = train_stage1(s1(method=method, graph_step=True, **schedule), tiny, CPU)
+    for ra, rb in zip(_strip_times(plain.history), _strip_times(graphed.history), strict=True):
+        _same(ra, rb)
+    assert len(fake_cuda_graphs) == 2 and all(g.replays > 1 for g in fake_cuda_graphs)
