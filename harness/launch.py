@@ -50,12 +50,15 @@ def start_ray(address: Optional[str], log: Log) -> None:
     # Ray 2.60 clusters (local or `ray start --head`) use token authentication by default; a driver must say
     # so before importing Ray. RAY_AUTH_MODE=disabled in the environment opts out.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if not address:
+        # A private instance serves this process alone: its servers listen on loopback, not on every
+        # interface. Ray 2.60 does so only with this single-machine setting, read when Ray is imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # failures are summarised from the unit folders
     if ray.is_initialized():
         return
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    node_ip = os.environ.get("DROLT_RAY_NODE_IP")  # tests and CI pin Ray to a loopback address
     if address:
         try:
             ray.init(address=address, **kwargs)
@@ -66,7 +69,8 @@ def start_ray(address: Optional[str], log: Log) -> None:
                               "or no authentication (RAY_AUTH_MODE=disabled), set the same here") from err
         log(f"connected to Ray cluster at {address}")
     else:
-        ray.init(address="local", **({"_node_ip_address": node_ip} if node_ip else {}), **kwargs)
+        node_ip = os.environ.get("DROLT_RAY_NODE_IP", "127.0.0.1")
+        ray.init(address="local", _node_ip_address=node_ip, **kwargs)
 
 
 def trial_resources(grid: Grid, log: Log) -> dict:

@@ -363,7 +363,9 @@ def test_rerun_after_the_driver_is_killed_keeps_done_units_and_resumes_the_inter
     units = _units(path)
     short, long_ = units["cifar10 rho10 s0 seed0 stage1 ce"], units["cifar10 rho10 s0 seed0 stage1 ldam_drw"]
     storage = load_grid(path).storage
-    env = _subprocess_env(ray_temp)
+    # As a user runs it: without the loopback settings the tests export, which a local run must not need.
+    env = {k: v for k, v in _subprocess_env(ray_temp).items()
+           if k not in ("DROLT_RAY_NODE_IP", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     log = tmp_path / "first.log"
     with open(log, "w") as out:
         driver = subprocess.Popen(_drolt("run", str(path), "--progress-every", "1"), cwd=REPO, env=env,
@@ -371,12 +373,15 @@ def test_rerun_after_the_driver_is_killed_keeps_done_units_and_resumes_the_inter
     try:
         _wait_for(lambda: (storage / short.id / "done").exists() and (storage / long_.id / "state.pt").exists()
                   and not (storage / long_.id / "done").exists(), 120, "one unit done and one mid-way", log)
+        addresses = _listening_addresses(_descendants(driver.pid))
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     finally:
         # Ray's workers sit in process groups of their own and outlive the driver's group for a few seconds.
         _end_session(driver.pid)
 
+    assert len(addresses) >= 4 and all(a.startswith("127.") for a in addresses), \
+        f"a local `drolt run` must keep Ray's servers on loopback: {addresses}"
     assert read_state(storage, long_).status == "partial"
     lines_before = (storage / long_.id / "metrics.jsonl").read_text().splitlines()
     k = len(lines_before)
