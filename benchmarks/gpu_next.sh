@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
 # The next GPU measurement of the speed issue, most telling first; a part is skipped when fewer seconds than
 # its limit are left of BUDGET_S (gpu_common.sh), so the later parts run only when earlier ones end early:
-#   1. the same-numbers check of stage 1's graph_step (the whole training step replayed from one CUDA graph)
-#      and stage 2's compile_loss, augment_batches=32 and graph_augment, beside the fast settings: records
-#      within the stated tolerances
+#   1. the same-numbers check of graph_step (the whole training step replayed from one CUDA graph) in both
+#      stages, with stage 2's compile_loss, augment_batches=32 and graph_augment, beside the fast settings:
+#      records within the stated tolerances
 #   2. steady stage-1 epochs with the fast settings + graph_step, then without it (the baseline, same call):
 #      does replaying the optimizer step too take stage 1 past 8x the reference-style loop (3.99 s)?
-#   3. steady stage-2 epochs with the fast settings alone, the baseline of the paper grid's stage-2 settings
-#      (2.54 s in an earlier call) rerun in one call with them
+#   3. steady stage-2 epochs with the paper grid's stage-2 settings + graph_step, then without it, then with
+#      the fast settings alone (2.54 s and 4.83 s in earlier calls, rerun here in one call)
 #   4. packed_stage1 for 2 and 3 seeds (the paper grid's seeds per cell) with the fast settings
 #   5. a steady stage-1 epoch with graph_step profiled
 #   Every part prints into its own file of $OUT, at most 8 files (what a device call brings back).
 #   OUT=/some/folder bash benchmarks/gpu_next.sh
 source "$(dirname "$0")/gpu_common.sh"
-STAGE2_ADDED=(--set stage2.compile_loss=true --set stage2.augment_batches=32 --set stage2.graph_augment=true)
-step 110 same_numbers.txt python3 -m benchmarks.same_numbers --device cuda "${FAST1[@]}" "${FAST2[@]}" \
-    --set stage1.graph_step=true "${STAGE2_ADDED[@]}"
+PAPER2=("${FAST2[@]}" --set stage2.compile_loss=true --set stage2.augment_batches=32 --set stage2.graph_augment=true)
+GRAPH_STEP=(--set stage1.graph_step=true --set stage2.graph_step=true)
+step 110 same_numbers.txt python3 -m benchmarks.same_numbers --device cuda "${FAST1[@]}" "${PAPER2[@]}" \
+    "${GRAPH_STEP[@]}"
 step 70 steady_stage1.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 4 --stages 1 "${FAST1[@]}" \
     --set stage1.graph_step=true
 step 70 steady_stage1.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 4 --stages 1 "${FAST1[@]}"
-step 100 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 "${FAST2[@]}" \
-    "${STAGE2_ADDED[@]}"
+step 100 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 "${PAPER2[@]}" \
+    --set stage2.graph_step=true
+step 100 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 "${PAPER2[@]}"
 step 90 steady_stage2.txt python3 -m benchmarks.steady_epochs --device cuda --epochs 3 --stages 2 "${FAST2[@]}"
 step 130 packed_stage1.txt python3 -m benchmarks.packed_stage1 --device cuda --counts 2 3 "${FAST1[@]}"
 step 60 profile_stage1.txt python3 -m benchmarks.profile_epoch --device cuda --stage 1 --fraction 0.5 "${FAST1[@]}" \

@@ -53,6 +53,9 @@ class SpeedSettings:
     graph_augment: bool = False   # on a GPU, augmentation chunks replayed from CUDA graphs (a sync-free form:
                                   # every AutoAugment op on every image, each keeping its own; the same
                                   # images); no effect on a CPU
+    graph_step: bool = False      # on a GPU, the whole training step of a full batch (forward, loss, backward,
+                                  # SGD; stage 2: its feature epochs) replayed from one CUDA graph; `compile`
+                                  # then speeds the evaluation only. No effect on a CPU
 
     def validate_speed(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
@@ -73,9 +76,6 @@ class Stage1Config(SpeedSettings):
     warmup_epochs: int = 5        # linear warm-up over the first epochs
     lr_decay_epochs: list[int] = field(default_factory=lambda: [160, 180])  # LR x0.01 after each
     drw_start_epoch: int = 160    # LDAM-DRW: class re-weighting from this epoch on
-    graph_step: bool = False      # speed: on a GPU, the whole training step (forward, loss, backward, SGD)
-                                  # of a full batch replayed from one CUDA graph; `compile` then speeds the
-                                  # evaluation only. No effect on a CPU
 
     def validate(self) -> None:
         _choice("method", self.method, STAGE1_METHODS)

@@ -54,6 +54,24 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     first_classifier_epoch = cfg.epochs - cfg.classifier_epochs
     loss_fn = speed.compiled(feature_losses, sizes=(cfg.batch_size,)) if cfg.compile_loss else feature_losses
     augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches, cfg.eval_batch_size))
+
+    def train_step(x: Tensor, y: Tensor, centroids: Tensor) -> Tensor:
+        # In a CUDA graph the model runs its own kernels (torch.compile's graphs cannot be recorded inside
+        # another), and autocast casts the weights anew in every replay instead of caching the casts.
+        with speed.autocast(device, cfg.precision, cache=not cfg.graph_step):
+            z, logits = (model if cfg.graph_step else net)(x)
+            losses = loss_fn(z, logits, y, centroids, eps, ce_weights, cfg.temperature, cfg.mode, cfg.ce_weight,
+                             cfg.robust_weight)
+        opt_features.zero_grad(set_to_none=True)  # in a recording: the gradients live in the graph's memory
+        losses[0].backward()
+        opt_features.step()
+        if cfg.eps_nonneg:
+            with torch.no_grad():
+                eps.clamp_(min=0)
+        return torch.stack(losses).detach()
+    # graph_step: full batches of the feature epochs replay the whole step from one CUDA graph (the learning
+    # rate is constant; each batch's images, labels and the pass's centroids are copied in).
+    step = speed.graphed(train_step, sizes=(cfg.batch_size,) if cfg.graph_step else ())
     start, history = 0, []
     best_features = best_classifier = None  # best test NCM in the feature phase, best top-1 afterwards
     if resume is not None:
@@ -79,8 +97,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
         if feature_phase:
             centroids = centroid_bank(model, net, data, stream, cfg, aug_gen, augment)
             stream = sampler.next_pass().to(device)
-            losses = feature_epoch(model, net, eps, data, stream, centroids, cfg, opt_features, ce_weights, aug_gen,
-                                   loss_fn, augment)
+            losses = feature_epoch(model, data, stream, centroids, cfg, step, aug_gen, augment)
             lr = cfg.feature_lr
         else:
             losses = classifier_epoch(model, data, stream, cfg, opt_classifier, classifier_weights, aug_gen, augment)
@@ -132,28 +149,18 @@ def feature_losses(z: Tensor, logits: Tensor, y: Tensor, centroids: Tensor, eps:
     return ce_weight * ce + robust_weight * robust, ce, robust
 
 
-def feature_epoch(model: nn.Module, net: Callable, eps: nn.Parameter, data: LongTailData, stream: Tensor,
-                  centroids: Tensor, cfg: Stage2Config, optimizer: torch.optim.Optimizer, ce_weights: Optional[Tensor],
-                  gen: torch.Generator, loss_fn: Callable = feature_losses,
+def feature_epoch(model: nn.Module, data: LongTailData, stream: Tensor, centroids: Tensor, cfg: Stage2Config,
+                  step: Callable[[Tensor, Tensor, Tensor], Tensor], gen: torch.Generator,
                   augment: ApplyDraws = apply_draws) -> dict:
-    """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns mean losses."""
+    """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns mean losses.
+
+    `step(x, y, centroids)` makes one optimizer step and returns the batch's (loss, CE, robust)."""
     model.train()
     model.fc.requires_grad_(False)
     sums = torch.zeros(3, device=stream.device)  # loss, ce, robust; read once per epoch
     for x, y in augmented_batches(data, stream, cfg.batch_size, gen, cfg.augment_batches, cfg.autoaugment,
                                   cfg.cutout, augment):
-        x = speed.model_input(x, cfg.channels_last)
-        with speed.autocast(stream.device, cfg.precision):
-            z, logits = net(x)
-            loss, ce, robust = loss_fn(z, logits, y, centroids, eps, ce_weights, cfg.temperature, cfg.mode,
-                                       cfg.ce_weight, cfg.robust_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if cfg.eps_nonneg:
-            with torch.no_grad():
-                eps.clamp_(min=0)
-        sums += torch.stack([loss.detach(), ce.detach(), robust.detach()]) * len(y)
+        sums += step(speed.model_input(x, cfg.channels_last), y, centroids) * len(y)
     model.fc.requires_grad_(True)
     loss, ce, robust = (sums / len(stream)).tolist()
     return {"loss": loss, "ce_loss": ce, "robust_loss": robust}

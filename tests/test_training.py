@@ -196,3 +196,14 @@ def test_graph_step_gives_the_plain_records_with_a_recording_per_learning_rate_a
     for ra, rb in zip(_strip_times(plain.history), _strip_times(graphed.history), strict=True):
         _same(ra, rb)
     assert len(fake_cuda_graphs) == 2 and all(g.replays > 1 for g in fake_cuda_graphs)
+
+
+def test_stage_2_graph_step_gives_the_plain_records_with_one_recording_for_its_feature_epochs(
+        tiny, stage1_weights, fake_cuda_graphs):
+    # Full batches of the feature epochs replay the step, each pass's centroids copied in with the batch
+    # (a recording that kept the first pass's would train later epochs against stale centroids).
+    plain = train_stage2(s2(), tiny, stage1_weights, CPU)
+    graphed = train_stage2(s2(graph_step=True), tiny, stage1_weights, CPU)
+    for ra, rb in zip(_strip_times(plain.history), _strip_times(graphed.history), strict=True):
+        _same(ra, rb)
+    assert len(fake_cuda_graphs) == 1 and fake_cuda_graphs[0].replays > 1
