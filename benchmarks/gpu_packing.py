@@ -32,16 +32,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import available_cores, parse_overrides, shortened, synthetic_long_tail
+from benchmarks.grid_estimate import GRID, TEST_IMAGES, cell_sizes
 from drolt.config import Stage1Config, Stage2Config
-from drolt.data import long_tail_counts
 from drolt.stage1 import train_stage1
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_IMAGES = 10000
-# The paper grid (experiments/paper_cifar_lt.yaml): per (dataset, rho), 3 seeds x 2 stage-1 methods
-# (CE, shared by both DRO-LT modes, and LDAM-DRW) and 3 seeds x 2 DRO-LT modes in stage 2.
-GRID = {"datasets": {"cifar10": 10, "cifar100": 100}, "rhos": (100, 50, 10), "stage1_units": 6,
-        "stage2_units": 6, "stage1_epochs": 200, "stage2_epochs": 100, "stream_pass": 50000}
 
 
 class WindowClosed(Exception):
@@ -195,12 +190,10 @@ def grid_estimate(single: dict, gain: float, loops: dict | None) -> list[str]:
     else:
         t2_text = "t2 = P/r_tr + P/r_ev + (n + 10k)/r_ev, no AutoAugment cost: a LOWER BOUND (pass --loops-json)"
     s1 = s2 = 0.0
-    for classes in GRID["datasets"].values():
-        for rho in GRID["rhos"]:
-            n = sum(long_tail_counts(classes, 50000 // classes, 1 / rho))
-            s1 += GRID["stage1_units"] * GRID["stage1_epochs"] * (n / r_tr + (n + TEST_IMAGES) / r_ev)
-            t2 = 2 * p / ips2 if ips2 is not None else p / r_tr + p / r_ev + (n + TEST_IMAGES) / r_ev
-            s2 += GRID["stage2_units"] * GRID["stage2_epochs"] * t2
+    for n in cell_sizes():
+        s1 += GRID["stage1_units"] * GRID["stage1_epochs"] * (n / r_tr + (n + TEST_IMAGES) / r_ev)
+        t2 = 2 * p / ips2 if ips2 is not None else p / r_tr + p / r_ev + (n + TEST_IMAGES) / r_ev
+        s2 += GRID["stage2_units"] * GRID["stage2_epochs"] * t2
     lines = [
         "grid estimate, one GPU: T = [sum_units1 200 (n/r_tr + (n + 10k)/r_ev) + sum_units2 100 t2] / G",
         f"  n: the unit's LT training images; 36 stage-1 and 36 stage-2 units, 6 per (dataset, rho); P = {p};",
@@ -213,9 +206,8 @@ def grid_estimate(single: dict, gain: float, loops: dict | None) -> list[str]:
     if loops is not None and {"stage1/ref", "stage2/ref"} <= set(loops["results"]):
         ref1 = loops["results"]["stage1/ref"]["images_per_s"]
         ref2 = loops["results"]["stage2/ref"]["images_per_s"]
-        ref = sum(GRID["stage1_units"] * GRID["stage1_epochs"] * sum(long_tail_counts(c, 50000 // c, 1 / rho)) / ref1
-                  + GRID["stage2_units"] * GRID["stage2_epochs"] * 2 * p / ref2
-                  for c in GRID["datasets"].values() for rho in GRID["rhos"])
+        ref = sum(GRID["stage1_units"] * GRID["stage1_epochs"] * n / ref1
+                  + GRID["stage2_units"] * GRID["stage2_epochs"] * 2 * p / ref2 for n in cell_sizes())
         lines.append(f"  for scale, the reference-style loop one trial at a time (bench_loops ref images/s "
                      f"{ref1:.0f} / {ref2:.0f}): {ref / 3600:.1f} h")
     return lines
