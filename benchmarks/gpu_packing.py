@@ -1,18 +1,21 @@
-"""How many stage-1 trials one GPU should run at once: 1, 2, 4, 8 concurrent processes, as Ray packs them.
+"""How many trials one GPU should run at once: 1, 2, 4, 8 concurrent processes, as Ray packs them.
 
-    PYTHONPATH=. python3 -m benchmarks.gpu_packing [--loops-json loops.json]
+    PYTHONPATH=. python3 -m benchmarks.gpu_packing [--stage 2] [--loops-json loops.json]
 
-For each count k, k processes each run the project's stage 1 (`drolt.stage1.train_stage1`, CE, batch 128)
-on synthetic CIFAR-10-LT-sized data (random uint8 images, the rho-100 class counts, 10k test images) on
-the one GPU, as trials with `gpus: 1/k` would. Each process finishes one warm-up epoch, waits until all
+For each count k, k processes each run the project's stage 1 (`drolt.stage1.train_stage1`, CE, batch 128),
+or with --stage 2 its DRO-LT feature epochs (`drolt.stage2.train_stage2`, from fresh weights: the same
+time), on synthetic CIFAR-10-LT-sized data (random uint8 images, the rho-100 class counts, 10k test images)
+on the one GPU, as trials with `gpus: 1/k` would. Each process finishes one warm-up epoch, waits until all
 are ready, then runs whole epochs (training and the per-epoch evaluation) for --window seconds; only the
 epochs that end inside the window count, so every counted epoch ran alongside all k processes.
-Aggregate images/s = sum over processes of (training images of counted epochs / their time).
+Aggregate images/s = sum over processes of (training images of counted epochs / their time); a stage-2
+epoch's training images are its two passes over the class-aware stream (centroid bank and training).
 
 Recommended trials per GPU: the count after which doubling adds less than 10% aggregate throughput.
-The grid estimate (printed with its formula) combines the single-process stage-1 rates measured here,
-the stage-2 epoch time measured by `bench_loops.py --json` (--loops-json; without it, a lower bound from
-the stage-1 rates), and the packing gain at the recommended count.
+For stage 1, a grid estimate (printed with its formula) combines the single-process stage-1 rates measured
+here, the stage-2 epoch time measured by `bench_loops.py --json` (--loops-json; without it, a lower bound
+from the stage-1 rates), and the packing gain at the recommended count; `grid_estimate.py` takes the
+gains of both stages with steady epoch times instead.
 Each process uses --threads CPU threads (the grid's `cpus` per trial). Without CUDA the script stops,
 unless --allow-cpu (to test the script itself with tiny sizes).
 """
@@ -31,10 +34,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import available_cores, parse_overrides, shortened, synthetic_long_tail
+from benchmarks.common import available_cores, parse_overrides, scaled, shortened, synthetic_long_tail
 from benchmarks.grid_estimate import GRID, TEST_IMAGES, cell_sizes
 from drolt.config import Stage1Config, Stage2Config
+from drolt.model import resnet32
+from drolt.sampling import make_sampler
 from drolt.stage1 import train_stage1
+from drolt.stage2 import train_stage2
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,18 +90,27 @@ class Window:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One trial: stage-1 epochs on synthetic data until the window closes; prints its result as JSON."""
+    """One trial: epochs of a stage on synthetic data until the window closes; prints its result as JSON."""
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = synthetic_long_tail(args.dataset, args.rho, seed=args.rank)
-    if args.subsample < 1:
-        data = shortened(data, 1, max(1, round(args.subsample * len(data.train_labels))))
+    cfg1, cfg2 = parse_overrides(args.set, Stage1Config(seed=args.rank, epochs=10**6),
+                                 Stage2Config(seed=args.rank, epochs=10**6, classifier_epochs=0))
+    if args.stage == 1:
+        if args.subsample < 1:
+            data = shortened(data, 1, max(1, round(args.subsample * len(data.train_labels))))
+        train_images = len(data.train_labels)
+    else:
+        data = scaled(data, args.subsample)  # every class in proportion: the stream pass shrinks too
+        train_images = 2 * len(make_sampler(cfg2.sampler, data.train_labels, data.num_classes, 0).next_pass())
     data = data.to(device)
-    window = Window(Path(args.sync_dir), args.rank, len(data.train_labels),
-                    len(data.train_labels) + len(data.test_labels))
+    window = Window(Path(args.sync_dir), args.rank, train_images, len(data.train_labels) + len(data.test_labels))
     try:
-        cfg, _ = parse_overrides(args.set, Stage1Config(seed=args.rank, epochs=10**6), Stage2Config())
-        train_stage1(cfg, data, device, on_epoch=window)
+        if args.stage == 1:
+            train_stage1(cfg1, data, device, on_epoch=window)
+        else:
+            torch.manual_seed(args.rank)
+            train_stage2(cfg2, data, resnet32(data.num_classes).state_dict(), device, on_epoch=window)
     except WindowClosed:
         pass
     result = {**window.result(), "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}
@@ -123,7 +138,7 @@ def run_count(count: int, args: argparse.Namespace) -> dict:
         sync_dir = Path(tmp)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        common = ["--dataset", args.dataset, "--rho", str(args.rho), "--threads", str(args.threads),
+        common = ["--stage", str(args.stage), "--dataset", args.dataset, "--rho", str(args.rho), "--threads", str(args.threads),
                   "--subsample", str(args.subsample), "--sync-dir", tmp,
                   *(f"--set={pair}" for pair in args.set)]
         procs = []
@@ -214,7 +229,8 @@ def grid_estimate(single: dict, gain: float, loops: dict | None) -> list[str]:
 
 
 def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict | None) -> None:
-    print(f"packing: {device} | torch {torch.__version__} | stage 1 CE on synthetic {args.dataset}-LT rho "
+    what = "stage 1 CE" if args.stage == 1 else "stage 2 DRO-LT feature epochs"
+    print(f"packing: {device} | torch {torch.__version__} | {what} on synthetic {args.dataset}-LT rho "
           f"{args.rho:g} (x{args.subsample:g}) | {args.threads} CPU threads per process | window {args.window:g} s"
           f" | settings: {' '.join(args.set) or 'defaults'}")
     print(f"{'procs':>5}{'aggregate img/s':>17}{'vs 1':>7}{'per proc img/s':>16}{'epochs':>8}"
@@ -232,6 +248,9 @@ def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict 
     cores = available_cores()
     print(f"recommended: {k} trial(s) per GPU (doubling adds < 10% beyond it): experiments/paper_cifar_lt.yaml "
           f"resources: {{cpus: {max(1, cores // k)}, gpus: {1 / k:g}}} for this {cores}-core, one-GPU machine")
+    if args.stage == 2:
+        print(f"stage-2 packing gain G = {gain:.2f}: benchmarks/grid_estimate.py ... --gain2 {gain:.2f}")
+        return
     for line in grid_estimate(runs[0]["workers"][0], gain, loops):
         print(line)
 
@@ -239,6 +258,7 @@ def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--stage", type=int, default=1, choices=[1, 2], help="the stage every process trains")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8], help="processes per run")
     parser.add_argument("--window", type=float, default=20.0, help="measuring window per count, seconds")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per process (the trial's cpus)")
@@ -247,8 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subsample", type=float, default=1.0, help="fraction of the data (tiny CPU tests)")
     parser.add_argument("--setup-timeout", type=float, default=300.0, help="seconds to start up and warm up")
     parser.add_argument("--loops-json", default=None, help="bench_loops --json output, for the stage-2 epoch time")
-    parser.add_argument("--set", action="append", default=[], metavar="stage1.KEY=VALUE",
-                        help="a stage-1 speed setting for every process, e.g. stage1.compile=true (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="stageN.KEY=VALUE",
+                        help="a speed setting for every process, e.g. stage1.compile=true (repeatable)")
     parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (only to test this script)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
