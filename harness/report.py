@@ -11,7 +11,6 @@ Output, under `results/<grid name>/`:
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -329,8 +328,11 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
 
 
 def _has_pyarrow() -> bool:
-    """Parquet needs pyarrow, an optional extra: without it the CSV alone is written."""
-    return importlib.util.find_spec("pyarrow") is not None
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _remove_stale(out: Path, written: list[Path], names: list[str]) -> None:
