@@ -248,8 +248,10 @@ def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict 
     cores = available_cores()
     print(f"recommended: {k} trial(s) per GPU (doubling adds < 10% beyond it): experiments/paper_cifar_lt.yaml "
           f"resources: {{cpus: {max(1, cores // k)}, gpus: {1 / k:g}}} for this {cores}-core, one-GPU machine")
-    if args.stage == 2:
-        print(f"stage-2 packing gain G = {gain:.2f}: benchmarks/grid_estimate.py ... --gain2 {gain:.2f}")
+    if args.stage == 2:  # the grid's trials per GPU hold for both stages: the gain at its count is what counts
+        gains = ", ".join(f"{r['count']}: {r['aggregate_images_per_s'] / base:.2f}x" for r in runs)
+        print(f"stage-2 aggregate gain over one process by processes per GPU ({gains}); grid_estimate.py takes "
+              "the one at the grid's trials per GPU as --gain2")
         return
     for line in grid_estimate(runs[0]["workers"][0], gain, loops):
         print(line)

@@ -5,8 +5,9 @@
 
 Each file's epoch rows give a stage's steady epoch (the median of its epochs after the first) and its
 warm-up (the first epoch's excess over that). A stage-1 epoch is a training pass over the unit's n images
-plus evaluation (the NCM bank of the n images and the 10,000 test images), so it is scaled to each unit by
-its n + 10,000 images against the measured set's. A stage-2 epoch is mostly its two passes over the
+and evaluation passes over the n images (the NCM bank) and the 10,000 test images; a training image costs
+about three evaluation images (forward and backward against forward), so an epoch is scaled to each unit
+by 4n + 10,000 against the measured set's. A stage-2 epoch is mostly its two passes over the
 50,000-sample class-aware stream, the same for every unit, so it is charged as measured, and all 100
 stage-2 epochs as feature epochs (the 20 classifier epochs are cheaper). Warm-ups are charged to every
 unit as measured: with an empty compile cache, an upper bound. --gain is the aggregate gain of packing
@@ -35,6 +36,11 @@ def cell_sizes() -> Iterator[int]:
     for classes in GRID["datasets"].values():
         for rho in GRID["rhos"]:
             yield sum(long_tail_counts(classes, 50000 // classes, 1 / rho))
+
+
+def _cost1(n: int) -> int:
+    """A stage-1 epoch's cost in evaluation images: training (about 3 each), the NCM bank and the test set."""
+    return 3 * n + n + TEST_IMAGES
 
 
 def read_epochs(path: Path) -> tuple[int, dict[int, list[float]]]:
@@ -76,9 +82,10 @@ def main() -> None:
 
     size1, steady1, warm1, _ = measured[1]
     _, steady2, warm2, _ = measured[2]
-    units1, units2 = GRID["stage1_units"] * 6, GRID["stage2_units"] * 6
-    hours = {1: sum(GRID["stage1_units"] * GRID["stage1_epochs"] * steady1 * (n + TEST_IMAGES) / (size1 + TEST_IMAGES)
-                    for n in cell_sizes()) / 3600,
+    cells = list(cell_sizes())
+    units1, units2 = GRID["stage1_units"] * len(cells), GRID["stage2_units"] * len(cells)
+    hours = {1: sum(GRID["stage1_units"] * GRID["stage1_epochs"] * steady1 * _cost1(n) / _cost1(size1)
+                    for n in cells) / 3600,
              2: units2 * GRID["stage2_epochs"] * steady2 / 3600}
     warm = {1: units1 * warm1 / 3600, 2: units2 * warm2 / 3600}
     for stage, (size, steady, warm_up, path) in sorted(measured.items()):

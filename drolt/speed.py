@@ -137,5 +137,8 @@ def record_graph(fn: Callable[..., Tensor], args: tuple[Optional[Tensor], ...]
         with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
             output = fn(*inputs)
     main.wait_stream(side)
-    first.record_stream(main)  # made on the side stream, used on the main one: not to be reused before
+    # Made on the side stream, used on the main one: its memory must not be reused before that use is done.
+    # (State the warm-up creates, such as the momentum buffers of an optimizer's first step, lives as long
+    # as the optimizer; the loops read a loss back every epoch, so nothing is queued on it when it goes.)
+    first.record_stream(main)
     return inputs, output, graph, first

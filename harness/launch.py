@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -53,6 +54,9 @@ def start_ray(address: Optional[str], log: Log) -> None:
     if not address:
         # A private instance serves this process alone: its servers listen on loopback, not on every
         # interface. Ray 2.60 does so only with this single-machine setting, read when Ray is imported.
+        if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+            log("warning: Ray was imported before drolt could keep its local instance on loopback, so its servers "
+                "may listen on every interface; set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing Ray")
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # failures are summarised from the unit folders

@@ -339,10 +339,11 @@ def _listening_addresses(pids: set[int]) -> list[str]:
             fields = line.split()
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 hex_ip = fields[1].split(":")[0]
-                # IPv4 (or the IPv4 tail of an IPv4-mapped IPv6 address), stored little-endian
-                addresses.append(socket.inet_ntoa(bytes.fromhex(hex_ip[-8:])[::-1])
-                                 if len(hex_ip) == 8 or hex_ip.startswith("0000000000000000FFFF0000")
-                                 else socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hex_ip)))
+                # 32-bit words in host (little-endian) byte order: one for IPv4, four for IPv6
+                raw = b"".join(bytes.fromhex(hex_ip[i:i + 8])[::-1] for i in range(0, len(hex_ip), 8))
+                if raw.startswith(b"\0" * 10 + b"\xff\xff"):  # an IPv4-mapped IPv6 address
+                    raw = raw[12:]
+                addresses.append(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw))
     return addresses
 
 

@@ -108,13 +108,15 @@ def test_graphed_records_once_per_shape_and_replays_on_each_calls_own_data(fake_
     a, b = torch.arange(4.0), torch.ones(4)
     first = run(a, b)
     second = run(a + 10, b)  # same shapes: the first recording, replayed on the new data
-    assert torch.equal(first, a * 2 + 1), "a later replay must not overwrite an earlier result"
-    assert torch.equal(second, (a + 10) * 2 + 1)
-    assert len(recordings) == 1 and recordings[0].replays == 1, "the recording call returns its warm-up run"
+    third = run(a + 20, b)
+    assert torch.equal(first, a * 2 + 1)
+    assert torch.equal(second, (a + 10) * 2 + 1), "a later replay must not overwrite an earlier result"
+    assert torch.equal(third, (a + 20) * 2 + 1)
+    assert len(recordings) == 1 and recordings[0].replays == 2, "the recording call returns its warm-up run"
     run(torch.arange(6.0), torch.ones(6))  # another recorded size: a recording of its own
     assert len(recordings) == 2
     assert torch.equal(run(torch.arange(5.0), torch.ones(5)), torch.arange(5.0) * 2 + 101), "not a recorded size"
-    assert len(recordings) == 2 and recordings[0].replays == 1
+    assert len(recordings) == 2 and recordings[0].replays == 2
 
 
 def test_graphed_runs_a_stateful_step_once_per_call_and_records_anew_for_each_key(fake_cuda_graphs):
