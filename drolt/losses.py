@@ -103,7 +103,10 @@ def class_weights(counts: Sequence[int], kind: str) -> Tensor:
 def weighted_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor | None) -> Tensor:
     """Return cross-entropy reduced as PyTorch's weighted mean (sum w_y * loss / sum w_y); plain mean if None."""
     if weights is not None:
-        weights = weights.to(device=logits.device, dtype=logits.dtype)
+        # In the wider of the two dtypes: bf16 logits would round the weights (and under autocast
+        # cross-entropy computes in float32 anyway).
+        dtype = torch.promote_types(logits.dtype, weights.dtype)
+        logits, weights = logits.to(dtype), weights.to(device=logits.device, dtype=dtype)
     return F.cross_entropy(logits, targets, weight=weights)
 
 
@@ -117,6 +120,7 @@ def ldam_loss(
     logits: Tensor, targets: Tensor, margins: Tensor, scale: float = 30.0, weights: Tensor | None = None
 ) -> Tensor:
     """Return the LDAM loss: (weighted) cross-entropy of scale * (logits - m_y on the target logit only)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # margins and x30 not in bf16
     margins = margins.to(device=logits.device, dtype=logits.dtype)
     target_mask = F.one_hot(targets, logits.shape[1]).to(logits.dtype)  # [n, C]
     shifted = logits - target_mask * margins[targets][:, None]

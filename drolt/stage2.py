@@ -1,7 +1,8 @@
 """Stage 2: DRO-LT (SPEC §4.5) — robust-loss feature training on class-aware batches, then classifier re-training.
 
-Each epoch: (1) a centroid bank from one eval-mode pass over the augmented training stream, (2) one training
-pass, (3) an evaluation bank of the un-augmented LT training set and (4) the test metrics with NCM.
+Each epoch: (1) a centroid bank from one eval-mode pass over the augmented training stream (in classifier
+epochs only its sampler pass and augmentation draws are spent), (2) one training pass, (3) an evaluation bank
+of the un-augmented LT training set and (4) the test metrics with NCM.
 """
 from __future__ import annotations
 
@@ -90,9 +91,8 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
         feature_phase = epoch < first_classifier_epoch
         if epoch == first_classifier_epoch and cfg.mode == "faithful" and best_features is not None:
             # QUIRK (faithful): the classifier is re-trained on the feature epoch chosen by test NCM accuracy.
+            # The reference's checkpoint holds the model alone: the radii stay as the last feature epoch left them.
             model.load_state_dict(best_features["model"])
-            with torch.no_grad():
-                eps.copy_(best_features["eps"])
         stream = sampler.next_pass().to(device)
         if feature_phase:
             centroids = centroid_bank(model, net, data, stream, cfg, aug_gen, augment)
@@ -100,6 +100,10 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
             losses = feature_epoch(model, data, stream, centroids, cfg, step, aug_gen, augment)
             lr = cfg.feature_lr
         else:
+            # Every epoch of the reference builds the centroid bank, unused here: its pass and augmentation
+            # draws are spent as it spends them, so the classifier trains on the samples and views it would.
+            skip_centroid_bank(data, stream, cfg, aug_gen)
+            stream = sampler.next_pass().to(device)
             losses = classifier_epoch(model, data, stream, cfg, opt_classifier, classifier_weights, aug_gen, augment)
             lr = cfg.classifier_lr
         check_finite(losses["loss"], 2, epoch)
@@ -112,9 +116,9 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
                   "epoch_time": time.perf_counter() - t0}
         history.append(record)
         if feature_phase and improved(record, best_features, "ncm_top1"):
-            best_features = {"record": record, "model": clone_state(model), "eps": eps.detach().clone()}
+            best_features = {"record": record, "model": clone_state(model)}
         if not feature_phase and improved(record, best_classifier, "top1"):
-            best_classifier = {"record": record, "model": clone_state(model), "eps": eps.detach().clone()}
+            best_classifier = {"record": record, "model": clone_state(model)}
         if on_epoch is not None:
             on_epoch(record, {"stage": 2, "epoch": epoch + 1, "model": clone_state(model),
                               "eps": eps.detach().clone(), "opt_features": opt_features.state_dict(),
@@ -138,6 +142,13 @@ def centroid_bank(model: nn.Module, net: Callable, data: LongTailData, stream: T
     z, _ = extract(net, stream, cfg.eval_batch_size,
                    lambda idx: train_augment(cfg, data.train_images[idx], gen, augment), cfg)
     return class_centroids(z, data.train_labels[stream], data.num_classes)
+
+
+def skip_centroid_bank(data: LongTailData, stream: Tensor, cfg: Stage2Config, gen: torch.Generator) -> None:
+    """Makes the augmentation draws `centroid_bank` makes over `stream`, chunk by chunk as `extract` cuts it,
+    without augmenting or running the model."""
+    for idx in torch.split(stream, cfg.eval_batch_size):
+        train_augment(cfg, data.train_images[idx], gen, lambda x, draws: x)
 
 
 def feature_losses(z: Tensor, logits: Tensor, y: Tensor, centroids: Tensor, eps: Tensor,

@@ -179,6 +179,22 @@ def test_weighted_cross_entropy_is_pytorch_weighted_mean():
     torch.testing.assert_close(weighted_cross_entropy(logits, targets, None), per_sample.mean())
 
 
+def test_bf16_logits_keep_the_class_weights_and_ldam_margins_in_float32():
+    # Under bf16 autocast the classifier's logits are bf16; the CIFAR-LT weights (n_c / max n) and LDAM's
+    # margins must not be rounded to bf16 with them: only the logits themselves carry bf16's rounding.
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(64, 100, generator=gen).to(torch.bfloat16)
+    targets = torch.randint(0, 100, (64,), generator=gen)
+    counts = [int(500 * 0.01 ** (c / 99)) for c in range(100)]
+    weights, margins = class_weights(counts, "lt"), ldam_margins(counts)
+    assert not torch.equal(weights.bfloat16().float(), weights), "the weights must be ones bf16 would round"
+    exact = logits.float()
+    torch.testing.assert_close(weighted_cross_entropy(logits, targets, weights),
+                               weighted_cross_entropy(exact, targets, weights), rtol=1e-6, atol=0)
+    torch.testing.assert_close(ldam_loss(logits, targets, margins, weights=weights),
+                               ldam_loss(exact, targets, margins, weights=weights), rtol=1e-6, atol=0)
+
+
 def test_ldam_margins_peak_at_half_on_the_smallest_class():
     counts = [5000, 625, 50]
     margins = ldam_margins(counts)

@@ -77,10 +77,16 @@ def test_radii_learn_in_feature_phase_and_freeze_in_classifier_phase(tiny, stage
 
 
 def test_faithful_classifier_phase_starts_from_best_ncm_feature_epoch(tiny, stage1_weights):
-    history = train_stage2(s2(epochs=4, classifier_epochs=1), tiny, stage1_weights, CPU).history
-    feature = history[:3]
-    best = max(feature, key=lambda r: (r["ncm_top1"], -r["epoch"]))  # ties keep the earlier epoch
-    assert history[3]["radii"] == best["radii"]
+    states = []
+    history = train_stage2(s2(epochs=4, classifier_epochs=1), tiny, stage1_weights, CPU,
+                           on_epoch=lambda record, state: states.append(state["model"])).history
+    best = max(history[:3], key=lambda r: (r["ncm_top1"], -r["epoch"]))  # ties keep the earlier epoch
+    assert best["epoch"] != 2, "the test needs a best epoch other than the last feature epoch"
+    # The classifier epoch trains fc alone with the model in eval mode: the rest is the reloaded best epoch.
+    backbone = [k for k in states[3] if not k.startswith("fc.")]
+    assert all(torch.equal(states[3][k], states[best["epoch"]][k]) for k in backbone)
+    # As the reference, whose checkpoint holds the model alone: the radii stay as the last feature epoch left them.
+    assert history[3]["radii"] == history[2]["radii"] != best["radii"]
 
 
 def test_faithful_reports_best_on_test_and_clean_reports_last(tiny, stage1_weights):
@@ -207,3 +213,26 @@ def test_stage_2_graph_step_gives_the_plain_records_with_one_recording_for_its_f
     for ra, rb in zip(_strip_times(plain.history), _strip_times(graphed.history), strict=True):
         _same(ra, rb)
     assert len(fake_cuda_graphs) == 1 and fake_cuda_graphs[0].replays > 1
+
+
+def test_classifier_epochs_train_on_the_pass_and_views_the_reference_gives_them(tiny, stage1_weights, monkeypatch):
+    # The reference builds a centroid bank in every epoch, so its classifier epochs train on every second
+    # sampler pass, after the bank's augmentation draws: what a third feature epoch would train on.
+    import drolt.stage2 as stage2
+    seen = {}
+
+    def spy(name):
+        original = getattr(stage2, name)
+
+        def run(model, data, stream, cfg, *args):
+            gen = args[-2]  # feature_epoch(..., step, gen, augment), classifier_epoch(..., weights, gen, augment)
+            seen[name] = (stream.clone(), gen.get_state())
+            return original(model, data, stream, cfg, *args)
+        monkeypatch.setattr(stage2, name, run)
+    spy("feature_epoch")
+    spy("classifier_epoch")
+    train_stage2(s2(epochs=3, classifier_epochs=0), tiny, stage1_weights, CPU)
+    feature_stream, feature_gen = seen["feature_epoch"]  # the third feature epoch's
+    train_stage2(s2(epochs=3, classifier_epochs=1), tiny, stage1_weights, CPU)
+    classifier_stream, classifier_gen = seen["classifier_epoch"]
+    assert torch.equal(classifier_stream, feature_stream) and torch.equal(classifier_gen, feature_gen)
