@@ -56,6 +56,9 @@ class SpeedSettings:
     graph_step: bool = False      # on a GPU, the whole training step of a full batch (forward, loss, backward,
                                   # SGD; stage 2: its feature epochs) replayed from one CUDA graph; `compile`
                                   # then speeds the evaluation only. No effect on a CPU
+    fused_sgd: bool = False       # SGD's update as one fused kernel per step instead of several multi-tensor
+                                  # ops: the same formula, less host time per step (which bounds stage 1 on
+                                  # an H100: results/benchmarks/h100_profile_stage1_fast.txt)
 
     def validate_speed(self) -> None:
         _choice("precision", self.precision, PRECISIONS)

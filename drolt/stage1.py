@@ -34,8 +34,7 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
     torch.manual_seed(cfg.seed)  # model init
     model = resnet32(data.num_classes, cosine_head=ldam).to(device)
     net = speed.prepare(model, cfg)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    optimizer = speed.sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.fused_sgd)
     sampler = ShuffledEpochs(len(data.train_labels), cfg.seed)
     aug_gen = device_generator(device, cfg.seed)
     margins = ldam_margins(data.class_counts).to(device) if ldam else None
@@ -57,7 +56,7 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
     start, history, best = 0, [], None
     if resume is not None:
         model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        speed.load_optimizer_state(optimizer, resume["optimizer"])
         sampler.load_state_dict(resume["sampler"])
         aug_gen.set_state(resume["aug_gen"])
         start, history, best = resume["epoch"], resume["history"], resume["best"]

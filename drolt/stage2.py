@@ -44,10 +44,9 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     net = speed.prepare(model, cfg)
     eps = nn.Parameter(torch.full((C,), cfg.eps_init, device=device))  # learned radii, one per class
     backbone = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
-    opt_features = torch.optim.SGD(backbone + [eps], lr=cfg.feature_lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
-    opt_classifier = torch.optim.SGD(model.fc.parameters(), lr=cfg.classifier_lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
+    opt_features = speed.sgd(backbone + [eps], cfg.feature_lr, cfg.momentum, cfg.weight_decay, cfg.fused_sgd)
+    opt_classifier = speed.sgd(model.fc.parameters(), cfg.classifier_lr, cfg.momentum, cfg.weight_decay,
+                               cfg.fused_sgd)
     sampler = make_sampler(cfg.sampler, data.train_labels, C, cfg.seed)
     aug_gen = device_generator(device, cfg.seed)
     ce_weights = _weights(data.class_counts, cfg.ce_weights, device)
@@ -79,8 +78,8 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
         model.load_state_dict(resume["model"])
         with torch.no_grad():
             eps.copy_(resume["eps"])
-        opt_features.load_state_dict(resume["opt_features"])
-        opt_classifier.load_state_dict(resume["opt_classifier"])
+        speed.load_optimizer_state(opt_features, resume["opt_features"])
+        speed.load_optimizer_state(opt_classifier, resume["opt_classifier"])
         sampler.load_state_dict(resume["sampler"])
         aug_gen.set_state(resume["aug_gen"])
         start, history = resume["epoch"], resume["history"]

@@ -97,6 +97,36 @@ def test_compiled_stage_2_losses_give_the_plain_feature_epoch(small):
     assert compiled["radii"] == pytest.approx(plain["radii"], rel=1e-3)
 
 
+def test_fused_sgd_gives_the_plain_updates_in_both_stages(small):
+    # One fused kernel computes SGD's formula: the same losses and, to float32 rounding, the same weights.
+    cfg1 = dict(epochs=2, batch_size=32, lr=0.01, warmup_epochs=1)
+    plain_1, fused_1 = (train_stage1(Stage1Config(**cfg1, fused_sgd=f), small, CPU) for f in (False, True))
+    cfg2 = dict(epochs=2, classifier_epochs=1, batch_size=32)  # both of stage 2's optimizers
+    plain_2, fused_2 = (train_stage2(Stage2Config(**cfg2, fused_sgd=f), small, plain_1.last_state, CPU)
+                        for f in (False, True))
+    for plain, fused, key in ((plain_1, fused_1, "train_loss"), (plain_2, fused_2, "loss")):
+        assert [r[key] for r in fused.history] == pytest.approx([r[key] for r in plain.history], rel=1e-6)
+        for name, weight in plain.last_state.items():
+            assert torch.allclose(fused.last_state[name], weight, rtol=0, atol=1e-5), name
+    assert fused_2.last["radii"] == pytest.approx(plain_2.last["radii"], rel=1e-6)
+
+
+def test_a_resumed_optimizer_keeps_the_runs_own_fused_setting():
+    # A state saved by a run with other speed settings brings its momentum, not its way of computing.
+    model = torch.nn.Linear(3, 2)
+    saved = speed.sgd(model.parameters(), 0.1, 0.9, 1e-4, fused=False)
+    model(torch.ones(1, 3)).sum().backward()
+    saved.step()
+    fused = speed.sgd(model.parameters(), 0.1, 0.9, 1e-4, fused=True)
+    speed.load_optimizer_state(fused, saved.state_dict())
+    assert fused.param_groups[0]["fused"] is True
+    assert torch.equal(fused.state[model.weight]["momentum_buffer"], saved.state[model.weight]["momentum_buffer"])
+    plain = speed.sgd(model.parameters(), 0.1, 0.9, 1e-4, fused=False)
+    speed.load_optimizer_state(plain, fused.state_dict())
+    # None, not False: PyTorch's default (multi-tensor kernels on a GPU) stays on
+    assert plain.param_groups[0]["fused"] is None
+
+
 def test_unknown_compile_mode_is_rejected_with_the_allowed_values():
     with pytest.raises(ValueError, match="reduce-overhead"):
         Stage1Config(compile_mode="fast").validate()
