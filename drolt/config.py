@@ -79,12 +79,15 @@ class Stage1Config(SpeedSettings):
     warmup_epochs: int = 5        # linear warm-up over the first epochs
     lr_decay_epochs: list[int] = field(default_factory=lambda: [160, 180])  # LR x0.01 after each
     drw_start_epoch: int = 160    # LDAM-DRW: class re-weighting from this epoch on
+    ncm_every: int = 1            # NCM accuracy in every this many epochs' records, and always in the last
+                                  # and the best-on-test epoch's; its pass over the training set is about a
+                                  # fifth of an epoch's compute, which the reference does not spend in stage 1
 
     def validate(self) -> None:
         _choice("method", self.method, STAGE1_METHODS)
         self.validate_speed()
         _choice("mode", self.mode, MODES)
-        _positive(self, "epochs", "batch_size", "lr")
+        _positive(self, "epochs", "batch_size", "lr", "ncm_every")
         _non_negative(self, "momentum", "weight_decay", "warmup_epochs", "drw_start_epoch")
 
 

@@ -56,27 +56,33 @@ def split_accuracies(per_class_acc: np.ndarray, train_counts: Sequence[int]) -> 
 
 
 def classification_report(
-    logits: Tensor, features: Tensor, targets: Tensor, centroids: Tensor, train_counts: Sequence[int]
+    logits: Tensor, features: Tensor, targets: Tensor, centroids: Tensor | None, train_counts: Sequence[int]
 ) -> dict:
-    """Return one test pass's metrics as JSON-ready Python values: top-1/5, per-class, splits, NCM (percent)."""
+    """Return one test pass's metrics as JSON-ready Python values: top-1/5, per-class, splits, NCM (percent).
+
+    Without `centroids` (an epoch that skipped its NCM bank) the NCM fields are NaN."""
     num_classes = len(train_counts)
-    if logits.shape[1] != num_classes or centroids.shape[0] != num_classes:
+    if logits.shape[1] != num_classes or (centroids is not None and centroids.shape[0] != num_classes):
         raise ValueError(
             f"logits [n, {logits.shape[1]}] and centroids [{centroids.shape[0]}, d] must both have "
             f"{num_classes} classes to match train_counts"
         )
-    logits, features, targets = logits.detach(), features.detach(), targets.detach()
+    logits, targets = logits.detach(), targets.detach()
     n = targets.shape[0]
     top = topk_correct(logits, targets, ks=(1, 5))
     per_class = per_class_accuracy(logits.argmax(dim=1), targets, num_classes)
-    ncm_preds = ncm_predict(features, centroids.detach())
-    ncm_per_class = per_class_accuracy(ncm_preds, targets, num_classes)
-    ncm_splits = split_accuracies(ncm_per_class, train_counts)
-    return {
+    report = {
         "top1": 100.0 * top[1] / n,
         "top5": 100.0 * top[5] / n,
         "per_class": [float(a) for a in per_class],
         **split_accuracies(per_class, train_counts),
+    }
+    if centroids is None:
+        return {**report, "ncm_top1": float("nan"), **{f"ncm_{name}": float("nan") for name in SPLITS}}
+    ncm_preds = ncm_predict(features.detach(), centroids.detach())
+    ncm_splits = split_accuracies(per_class_accuracy(ncm_preds, targets, num_classes), train_counts)
+    return {
+        **report,
         "ncm_top1": 100.0 * int((ncm_preds.cpu() == targets.cpu()).sum()) / n,
         **{f"ncm_{name}": ncm_splits[name] for name in SPLITS},
     }

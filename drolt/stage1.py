@@ -1,6 +1,7 @@
 """Stage 1: cross-entropy pre-training (SPEC §3), or the LDAM-DRW baseline (SPEC §3.1)."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Optional
 
@@ -78,8 +79,9 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
         check_finite(train_loss, 1, epoch)
         train_time = time.perf_counter() - t0
 
+        with_ncm = (epoch + 1) % cfg.ncm_every == 0 or epoch + 1 == cfg.epochs
         record = {"stage": 1, "epoch": epoch, "lr": lr, "train_loss": train_loss,
-                  **evaluate(model, net, data, cfg),
+                  **evaluate(model, net, data, cfg, ncm=with_ncm),
                   "train_images_per_s": n / train_time, "epoch_time": time.perf_counter() - t0}
         history.append(record)
         if improved(record, best, "top1"):
@@ -89,6 +91,14 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
                               "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
                               "aug_gen": aug_gen.get_state(), "history": history, "best": best})
 
+    last_state = clone_state(model)
+    if math.isnan(best["record"]["ncm_top1"]):
+        # ncm_every skipped the best epoch's NCM: evaluated now from its weights, as it would have been then
+        model.load_state_dict(best["model"])
+        ncm = {k: v for k, v in evaluate(model, net, data, cfg).items() if k.startswith("ncm_")}
+        model.load_state_dict(last_state)
+        best["record"].update(ncm)
+        history[best["record"]["epoch"]].update(ncm)
     return StageResult(history=history, last=history[-1], best=best["record"],
                        selected="best" if cfg.mode == "faithful" else "last",
-                       best_state=best["model"], last_state=clone_state(model))
+                       best_state=best["model"], last_state=last_state)

@@ -153,6 +153,7 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
         result = train_stage1(cfg, data, device, on_epoch, resume)
     else:
         result = train_stage2(cfg, data, stage1_weights, device, on_epoch, resume)
+    write_jsonl(folder / "metrics.jsonl", result.history)  # with what the stage filled in at its end
     save_state(result.best_state, folder / "model_best.pt")
     save_state(result.last_state, folder / "model_last.pt")
     summary = {"stage": stage, "selected": result.selected, "reported": result.reported, "last": result.last,

@@ -63,6 +63,16 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, monk
         assert _history(tmp_path / "broken" / stage) == _history(tmp_path / "straight" / stage)
 
 
+def test_the_best_epochs_ncm_filled_in_at_the_end_reaches_the_stored_records(tmp_path):
+    out = tmp_path / "run"
+    assert _train(tmp_path, out, "--method", "ce", "--stage1-epochs", "3", "--set", "stage1.ncm_every=5") == 0
+    history = _history(out / "stage1")
+    result = json.loads((out / "stage1" / "result.json").read_text())
+    best = result["best"]["epoch"]
+    assert [r["ncm_top1"] == r["ncm_top1"] for r in history] == [e in (best, 2) for e in range(3)]
+    assert history[best]["ncm_top1"] == result["best"]["ncm_top1"] == result["reported"]["ncm_top1"]
+
+
 def test_unknown_setting_is_rejected_naming_the_key(tmp_path, capsys):
     assert _train(tmp_path, tmp_path / "run", "--set", "stage2.temprature=0.5") == 2
     err = capsys.readouterr().err

@@ -142,6 +142,22 @@ def test_stage2_resumed_across_phase_boundary_gives_the_same_numbers(tiny, stage
     assert all(torch.equal(full.model_state[k], resumed.model_state[k]) for k in full.model_state)
 
 
+def test_ncm_every_skips_ncm_passes_but_keeps_ncm_in_the_last_and_best_records(tiny):
+    # NCM does not touch training or the choice of the best epoch (test top-1): the same run, fewer passes.
+    plain = train_stage1(s1(epochs=4), tiny, CPU)
+    sparse = train_stage1(s1(epochs=4, ncm_every=3), tiny, CPU)
+    assert plain.best["epoch"] == 0, "the test needs a best epoch whose NCM pass was skipped"
+    ncm_keys = {"ncm_top1", "ncm_many", "ncm_medium", "ncm_few"}
+    for p, q in zip(_strip_times(plain.history), _strip_times(sparse.history), strict=True):
+        if q["epoch"] == 1:  # neither every third, the last nor the best: skipped
+            assert all(math.isnan(q[k]) for k in ncm_keys)
+            q = {**q, **{k: p[k] for k in ncm_keys}}
+        _same(p, q)  # epoch 0 (best, filled in at the end), 2 (third), 3 (last) as in the plain run
+    _same(*_strip_times([sparse.best, plain.best]))
+    with pytest.raises(ValueError, match="ncm_every"):
+        s1(ncm_every=0).validate()
+
+
 def test_ldam_drw_baseline_trains_with_a_cosine_head(tiny):
     result = train_stage1(s1(method="ldam_drw", drw_start_epoch=1), tiny, CPU)
     assert "fc.weight" in result.model_state and "fc.bias" not in result.model_state
