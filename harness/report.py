@@ -4,7 +4,9 @@ Output, under `results/<grid name>/`:
   runs.csv (+ runs.parquet)   the tidy frame: one row per finished run
   summary.csv                 mean / std / n per method, cell, split and selection, with the published number
   top1_last.*, shots_last.*   headline tables (final epoch) as .tex and .csv
-  top1_best.*, shots_best.*   the same tables for the best epoch on test (labelled as such)
+  ncm_last.*                  nearest-centroid accuracy, overall and per split (final epoch)
+  top1_best.*, shots_best.*,  the same tables for the best epoch on test (labelled as such)
+  ncm_best.*
   report.md                   every table in Markdown, what is missing, the figures, provenance
   missing.txt                 the runs not finished yet (only when some are)
   *.png                       the figures (see harness/figures.py)
@@ -29,6 +31,7 @@ METHOD_NAMES = {"ce": "CE", "ldam_drw": "LDAM-DRW", "dro_lt_faithful": "DRO-LT (
                 "dro_lt_clean": "DRO-LT (clean)"}
 DATASET_NAMES = {"cifar10": "CIFAR-10-LT", "cifar100": "CIFAR-100-LT"}
 SELECTIONS = {"last": "final epoch", "best": "best epoch on test"}
+ACCURACIES = ("top1", "ncm")  # test accuracy of the classifier, and of nearest-centroid prediction (NCM)
 METRICS = ("top1", "top5", "many", "medium", "few", "many_n", "medium_n", "few_n",
            "ncm_top1", "ncm_many", "ncm_medium", "ncm_few")
 PROVENANCE = ("code_version", "torch_version", "device", "precision", "data_source")
@@ -101,76 +104,114 @@ def _scalar(value):
 
 # ---------------------------------------------------------------------------------------------- the tables
 
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Returns mean, std (ddof=1), n, published and delta per dataset, rho, method, selection and split."""
+def summarize(frame: pd.DataFrame, compare: bool = True) -> pd.DataFrame:
+    """Returns mean, std (ddof=1), n, published and delta per dataset, rho, method, selection, metric (test
+    top-1 or NCM) and split, with the split's number of classes. `compare=False` leaves out the published
+    numbers (a grid whose settings they do not describe); they are left out anyway for cells whose records
+    say so (`_incomparable_cells`)."""
     rows = []
     if frame.empty:
-        return pd.DataFrame(columns=["dataset", "rho", "method", "selection", "split", "mean", "std", "n",
-                                     "published", "delta", "source"])
-    synthetic = _synthetic_cells(frame)
+        return pd.DataFrame(columns=["dataset", "rho", "method", "selection", "metric", "split", "classes", "mean",
+                                     "std", "n", "published", "delta", "source"])
+    incomparable = _incomparable_cells(frame)
     for (dataset, rho, method), group in frame.groupby(["dataset", "rho", "method"], sort=False):
         for selection in SELECTIONS:
-            for split in ("all", *SPLITS):
-                values = group[_metric(selection, split)].astype(float).dropna()
-                mean = values.mean() if len(values) else math.nan
-                pub = None if (dataset, rho) in synthetic else published(dataset, rho, method, split)
-                rows.append({"dataset": dataset, "rho": rho, "method": method, "selection": selection,
-                             "split": split, "mean": mean, "std": values.std(ddof=1) if len(values) > 1 else math.nan,
-                             "n": len(values), "published": pub.value if pub else math.nan,
-                             "delta": mean - pub.value if pub else math.nan, "source": pub.source if pub else ""})
+            for metric in ACCURACIES:
+                for split in ("all", *SPLITS):
+                    values = group[_metric(selection, split, metric)].astype(float).dropna()
+                    mean = values.mean() if len(values) else math.nan
+                    pub = (published(dataset, rho, method, split)
+                           if compare and metric == "top1" and (dataset, rho) not in incomparable else None)
+                    rows.append({"dataset": dataset, "rho": rho, "method": method, "selection": selection,
+                                 "metric": metric, "split": split, "classes": _classes(group, split),
+                                 "mean": mean, "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                                 "n": len(values), "published": pub.value if pub else math.nan,
+                                 "delta": mean - pub.value if pub else math.nan,
+                                 "source": pub.source if pub else ""})
     return pd.DataFrame(rows)
 
 
-def _synthetic_cells(frame: pd.DataFrame) -> set[tuple[str, float]]:
-    # Runs on the generated stand-in data measure the plumbing, not the method: a delta against a published
-    # CIFAR number would be meaningless there, so such cells get no comparison.
-    if frame.empty or "data_source" not in frame:
+def _classes(rows: pd.DataFrame, split: str) -> Optional[int]:
+    """Returns how many classes the split holds in these runs (of one cell), None without runs."""
+    sizes = rows[[f"last_{s}_n" for s in SPLITS]].dropna()
+    if sizes.empty:
+        return None
+    first = sizes.iloc[0]
+    return int(first.sum()) if split == "all" else int(first[f"last_{split}_n"])
+
+
+def _incomparable_cells(frame: pd.DataFrame) -> set[tuple[str, float]]:
+    # The published numbers are for real CIFAR with the exponential profile. Runs on the generated stand-in
+    # data measure the plumbing, not the method, and the step profile splits the classes otherwise: a delta
+    # against a published number would be meaningless there, so such cells get no comparison.
+    if frame.empty:
         return set()
-    real = frame["data_source"] != "synthetic"
-    return set(zip(frame["dataset"], frame["rho"])) - set(zip(frame.loc[real, "dataset"], frame.loc[real, "rho"]))
+    other = pd.Series(False, index=frame.index)
+    if "data_source" in frame:
+        other |= frame["data_source"] == "synthetic"
+    if "profile" in frame:
+        other |= frame["profile"] != "exp"
+    return set(zip(frame.loc[other, "dataset"], frame.loc[other, "rho"]))
 
 
-def _metric(selection: str, split: str) -> str:
+def _metric(selection: str, split: str, metric: str = "top1") -> str:
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
     if split not in ("all", *SPLITS):
         raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
-    return f"{selection}_{'top1' if split == 'all' else split}"
+    if metric not in ACCURACIES:
+        raise ValueError(f"metric must be one of {', '.join(ACCURACIES)}; got {metric!r}")
+    prefix = "" if metric == "top1" else f"{metric}_"
+    return f"{selection}_{prefix}{'top1' if split == 'all' else split}"
 
 
 def paper_table(frame: pd.DataFrame, split: str = "all", selection: str = "last",
                 methods: Optional[Sequence[str]] = None,
-                cells: Optional[Sequence[tuple[str, float]]] = None) -> pd.DataFrame:
+                cells: Optional[Sequence[tuple[str, float]]] = None, compare: bool = True) -> pd.DataFrame:
     """Returns the methods x (dataset, rho) table of "mean ± std (n=k)" strings, with paper and Δ columns.
 
     `methods` and `cells` default to those in the frame; pass the grid's to show unfinished ones as "–".
+    `compare=False` leaves the paper and Δ columns out (see `summarize`).
     """
-    return _table(frame, [split], selection, methods, cells).droplevel("split")
+    return _table(frame, [split], selection, methods, cells, compare=compare).droplevel("split")
 
 
 def shot_table(frame: pd.DataFrame, selection: str = "last", methods: Optional[Sequence[str]] = None,
-               cells: Optional[Sequence[tuple[str, float]]] = None) -> pd.DataFrame:
-    """Returns the many/medium/few table: rows (split, method), the columns of paper_table."""
-    return _table(frame, list(SPLITS), selection, methods, cells)
+               cells: Optional[Sequence[tuple[str, float]]] = None, metric: str = "top1",
+               compare: bool = True) -> pd.DataFrame:
+    """Returns the many/medium/few table: per split a row of its number of classes in each cell, then the
+    methods' rows; the columns of paper_table. `metric="ncm"` gives NCM accuracy, overall first."""
+    splits = list(SPLITS) if metric == "top1" else ["all", *SPLITS]
+    return _table(frame, splits, selection, methods, cells, metric, compare)
 
 
 def _table(frame: pd.DataFrame, splits: list[str], selection: str, methods: Optional[Sequence[str]],
-           cells: Optional[Sequence[tuple[str, float]]]) -> pd.DataFrame:
+           cells: Optional[Sequence[tuple[str, float]]], metric: str = "top1",
+           compare: bool = True) -> pd.DataFrame:
     for split in splits:
-        _metric(selection, split)
+        _metric(selection, split, metric)
     methods = list(methods) if methods is not None else [m for m in METHOD_ORDER if m in set(frame["method"])]
     cells = list(cells) if cells is not None else _cells(frame)
-    stats = summarize(frame)
-    stats = stats[stats["selection"] == selection].set_index(["dataset", "rho", "method", "split"])
-    columns, with_paper, synthetic = [], {}, _synthetic_cells(frame)
+    stats = summarize(frame, compare)
+    stats = stats[(stats["selection"] == selection) & (stats["metric"] == metric)]
+    stats = stats.set_index(["dataset", "rho", "method", "split"])
+    columns, with_paper, incomparable = [], {}, _incomparable_cells(frame)
     for dataset, rho in cells:
         # A cell gets paper and Δ columns only when some method of the table has a published number there.
-        with_paper[dataset, rho] = (dataset, rho) not in synthetic and any(
+        with_paper[dataset, rho] = compare and metric == "top1" and (dataset, rho) not in incomparable and any(
             published(dataset, rho, m, s) for m in methods for s in splits)
         head = (DATASET_NAMES.get(dataset, dataset), f"ρ={rho:g}")
         columns += [(*head, "ours")] + ([(*head, "paper"), (*head, "Δ")] if with_paper[dataset, rho] else [])
     rows, index = [], []
     for split in splits:
+        if split != "all":  # how many classes the split holds: an empty one reads "–" below, not missing runs
+            row = []
+            for cell in cells:
+                sizes = [c for (d, r, _, sp), c in stats["classes"].items() if (d, r) == cell and sp == split
+                         and pd.notna(c)]
+                row += [str(int(sizes[0])) if sizes else DASH] + (["", ""] if with_paper[cell] else [])
+            rows.append(row)
+            index.append((split, "classes"))
         for method in methods:
             row = []
             for dataset, rho in cells:
@@ -276,12 +317,16 @@ def to_csv(table: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------------------------------------- the report
 
-TABLES = {  # file stem: (what, selection)
-    "top1_last": ("top-1 accuracy (%), final epoch", "last"),
-    "shots_last": ("many / medium / few-shot accuracy (%), final epoch", "last"),
-    "top1_best": ("top-1 accuracy (%), best epoch on test (selected on the test set: optimistic)", "best"),
-    "shots_best": ("many / medium / few-shot accuracy (%), best epoch on test (selected on the test set: "
-                   "optimistic)", "best"),
+_OPTIMISTIC = "best epoch on test (selected on the test set: optimistic)"
+TABLES = {  # file stem: (what, selection, metric)
+    "top1_last": ("top-1 accuracy (%), final epoch", "last", "top1"),
+    "shots_last": ("many / medium / few-shot accuracy (%), final epoch", "last", "top1"),
+    "ncm_last": ("nearest-centroid (NCM) accuracy (%), overall and many / medium / few, final epoch", "last",
+                 "ncm"),
+    "top1_best": (f"top-1 accuracy (%), {_OPTIMISTIC}", "best", "top1"),
+    "shots_best": (f"many / medium / few-shot accuracy (%), {_OPTIMISTIC}", "best", "top1"),
+    "ncm_best": (f"nearest-centroid (NCM) accuracy (%), overall and many / medium / few, {_OPTIMISTIC}", "best",
+                 "ncm"),
 }
 
 
@@ -306,11 +351,16 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     if _has_pyarrow():
         frame.to_parquet(out / "runs.parquet", index=False)
         written.append(out / "runs.parquet")
-    write("summary.csv", summarize(frame).round({"mean": 4, "std": 4, "delta": 4}).to_csv(index=False))
+    # The published numbers are for real CIFAR with the exponential profile: a grid on anything else gets
+    # no comparison, also in cells none of whose runs has finished yet.
+    compare = grid.profile == "exp" and not grid.data.synthetic
+    write("summary.csv", summarize(frame, compare).round({"mean": 4, "std": 4, "delta": 4}).to_csv(index=False))
     tables = {}
-    for stem, (what, selection) in TABLES.items():
-        make = paper_table if stem.startswith("top1") else shot_table
-        tables[stem] = make(frame, selection=selection, methods=methods, cells=cells)
+    for stem, (what, selection, metric) in TABLES.items():
+        if stem.startswith("top1"):
+            tables[stem] = paper_table(frame, selection=selection, methods=methods, cells=cells, compare=compare)
+        else:
+            tables[stem] = shot_table(frame, selection, methods, cells, metric, compare)
         write(f"{stem}.tex", to_latex(tables[stem], f"{grid.name}: {what}, mean ± std over seeds",
                                       f"tab:{grid.name}-{stem}".replace("_", "-")))
         write(f"{stem}.csv", to_csv(tables[stem]))
@@ -320,7 +370,7 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     written += figures
     for note in skipped:
         log(f"report: skipped {note}")
-    write("report.md", _markdown_report(grid, frame, tables, missing, figures, skipped))
+    write("report.md", _markdown_report(grid, frame, tables, missing, figures, skipped, compare))
     _remove_stale(out, written, [*(f"{s}.{e}" for s in TABLES for e in ("tex", "csv")), "missing.txt",
                                  "runs.parquet", *FIGURES])
     log(f"report: {len(frame)} of {len(frame) + len(missing)} runs finished; {len(written)} files in {out}")
@@ -349,23 +399,24 @@ def _run_label(run: Run) -> str:
 
 
 def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: list[Run], figures: list[Path],
-                     skipped: list[str]) -> str:
+                     skipped: list[str], compare: bool) -> str:
     total = len(frame) + len(missing)
     parts = [f"# Grid `{grid.name}`\n\n",
              f"Built from the records in `{_shown(grid.storage)}` for `{grid.path.name}` alone (no training). "
              f"{len(frame)} of {total} runs finished. Cells: mean ± std over seeds (ddof=1) with the number "
-             f"of runs n; \"{DASH}\" is a cell without a finished run or a shot split without classes. "
-             "\"paper\" is the published number and Δ = ours − paper"
-             + (" (not shown for cells run on synthetic stand-in data)" if _synthetic_cells(frame) else "")
+             f"of runs n; \"{DASH}\" is a cell without a finished run or a shot split without classes (the "
+             "\"classes\" rows give each split's size). \"paper\" is the published number and Δ = ours − paper"
+             + (" (shown only for real CIFAR with the exponential profile, which the published numbers are for)"
+                if not compare or _incomparable_cells(frame) else "")
              + ". The headline tables take every run's final epoch; faithful mode's own choice (the reference's) "
              "is the best epoch on test, shown in the tables labelled so.\n"]
     if missing:
         parts.append(f"**Missing: {len(missing)} run(s) not finished**, listed in `missing.txt`:\n\n")
         parts.append("".join(f"- {_run_label(r)} (unit `{r.unit_id}`)\n" for r in missing))
-    for stem, (what, _) in TABLES.items():
+    for stem, (what, *_) in TABLES.items():
         parts.append(f"\n## {what[0].upper()}{what[1:]}\n\n")
         parts.append(to_markdown(tables[stem]))
-    sources = sorted(set(load_published()["source"]) & set(summarize(frame)["source"]))
+    sources = sorted(set(load_published()["source"]) & set(summarize(frame, compare)["source"]))
     if sources:
         parts.append("\nPublished numbers: " + "; ".join(sources) + ".\n")
     parts.append("\n## Figures\n\n")

@@ -115,10 +115,16 @@ def test_table_aggregates_seeds_and_gives_delta_against_published_number(grid):
 
 def test_empty_shot_split_stays_missing_not_zero(grid):
     frame = build_frame(grid)
-    stats = summarize(frame).set_index(["rho", "method", "selection", "split"])
-    assert math.isnan(stats.loc[(10.0, "ce", "last", "few"), "mean"])  # 0 few-shot classes at rho 10
+    stats = summarize(frame).set_index(["rho", "method", "selection", "metric", "split"])
+    assert math.isnan(stats.loc[(10.0, "ce", "last", "top1", "few"), "mean"])  # 0 few-shot classes at rho 10
+    assert stats.loc[(10.0, "ce", "last", "top1", "few"), "classes"] == 0
+    assert stats.loc[(100.0, "ce", "last", "top1", "all"), "classes"] == 100
     table = shot_table(frame)
     assert table.loc[("few", "CE"), ("CIFAR-100-LT", "ρ=10", "ours")] == "–"
+    # The split sizes are printed (SPEC 5), so "–" reads as an empty split, not as runs missing.
+    assert table.loc[("few", "classes"), ("CIFAR-100-LT", "ρ=10", "ours")] == "0"
+    assert [table.loc[(s, "classes"), ("CIFAR-100-LT", "ρ=100", "ours")] for s in ("many", "medium", "few")] \
+        == ["35", "35", "30"]
     assert table.loc[("few", "CE"), ("CIFAR-100-LT", "ρ=100", "ours")] == "31.00 ± 1.41 (n=2)"
     # The published split numbers exist for DRO-LT at rho 100 only.
     assert table.loc[("many", "DRO-LT (faithful)"), ("CIFAR-100-LT", "ρ=100", "paper")] == "64.70"
@@ -195,11 +201,37 @@ def test_figures_without_data_are_skipped_and_named(grid, tmp_path):
     assert "skipped: radii.png" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_runs_on_synthetic_data_get_no_published_comparison(grid):
-    frame = build_frame(grid).assign(data_source="synthetic")
+@pytest.mark.parametrize("other", [{"data_source": "synthetic"}, {"profile": "step"}])
+def test_runs_on_synthetic_data_or_the_step_profile_get_no_published_comparison(grid, other):
+    # The published numbers are for real CIFAR with the exponential profile.
+    frame = build_frame(grid).assign(**other)
     table = paper_table(frame)
     assert [c[2] for c in table.columns] == ["ours", "ours"]
     assert summarize(frame)["delta"].isna().all()
+
+
+@pytest.mark.parametrize("setting", ["data: {synthetic: 100}", "profile: step"])
+def test_a_grid_the_published_numbers_do_not_describe_gets_no_comparison_before_its_runs_finish(
+        tmp_path, setting):
+    (tmp_path / "other.yaml").write_text(GRID.replace("name: tiny", f"name: other\n{setting}"))
+    grid = load_grid(tmp_path / "other.yaml")
+    assert not (grid.storage.exists() and any(grid.storage.iterdir()))  # no run finished: nothing to read
+    write_report(grid, tmp_path / "out", log=lambda line: None)
+    assert "paper" not in (tmp_path / "out" / "top1_last.csv").read_text().splitlines()[0]
+    assert "38.32" not in (tmp_path / "out" / "report.md").read_text()  # CE's published rho-100 number
+
+
+def test_ncm_accuracy_is_tabled_overall_and_per_split_without_published_numbers(grid, tmp_path):
+    frame = build_frame(grid)
+    table = shot_table(frame, metric="ncm")
+    assert table.loc[("all", "CE"), ("CIFAR-100-LT", "ρ=100", "ours")] == "36.00 ± 1.41 (n=2)"  # top-1 - 5
+    assert table.loc[("many", "CE"), ("CIFAR-100-LT", "ρ=100", "ours")] == "46.00 ± 1.41 (n=2)"
+    assert table.loc[("few", "classes"), ("CIFAR-100-LT", "ρ=100", "ours")] == "30"
+    assert {c[2] for c in table.columns} == {"ours"}  # the published numbers are top-1 only
+    write_report(grid, tmp_path / "out", log=lambda line: None)
+    assert "NCM) accuracy (%), overall and many / medium / few, final epoch" in (
+        tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "ncm_best.tex").exists()
 
 
 def test_report_names_the_storage_relative_to_where_it_was_built(grid, tmp_path, monkeypatch):
