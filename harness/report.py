@@ -403,7 +403,7 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
     total = len(frame) + len(missing)
     parts = [f"# Grid `{grid.name}`\n\n",
              f"Built from the records in `{_shown(grid.storage)}` for `{grid.path.name}` alone (no training). "
-             f"{len(frame)} of {total} runs finished. Cells: mean ± std over seeds (ddof=1) with the number "
+             f"{len(frame)} of {total} runs finished. Cells: mean ± std over {_pooled(grid)} (ddof=1) with the number "
              f"of runs n; \"{DASH}\" is a cell without a finished run or a shot split without classes (the "
              "\"classes\" rows give each split's size). \"paper\" is the published number and Δ = ours − paper"
              + (" (shown only for real CIFAR with the exponential profile, which the published numbers are for)"
@@ -430,6 +430,14 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
             frame["stage2_wall_time_s"].sum()
         parts.append(f"- wall time: {wall / 3600:.2f} h over all finished units (a shared stage 1 counted once)\n")
     return "".join(parts)
+
+
+def _pooled(grid: Grid) -> str:
+    """Names what a cell's runs vary in: training seeds, and subset seeds when the grid draws several subsets."""
+    if len(grid.subset_seeds) < 2:
+        return "training seeds"
+    return (f"training seeds and the {len(grid.subset_seeds)} long-tailed subsets (subset_seeds), pooled: the "
+            "spread includes which images form the subset")
 
 
 def _shown(path: Path) -> str:

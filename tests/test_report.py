@@ -221,6 +221,13 @@ def test_a_grid_the_published_numbers_do_not_describe_gets_no_comparison_before_
     assert "38.32" not in (tmp_path / "out" / "report.md").read_text()  # CE's published rho-100 number
 
 
+def test_a_report_says_when_its_cells_pool_several_long_tailed_subsets(tmp_path):
+    (tmp_path / "two.yaml").write_text(GRID.replace("name: tiny", "name: two\nsubset_seeds: [0, 1]"))
+    write_report(load_grid(tmp_path / "two.yaml"), tmp_path / "out", log=lambda line: None)
+    assert "training seeds and the 2 long-tailed subsets (subset_seeds), pooled" in (
+        tmp_path / "out" / "report.md").read_text()
+
+
 def test_ncm_accuracy_is_tabled_overall_and_per_split_without_published_numbers(grid, tmp_path):
     frame = build_frame(grid)
     table = shot_table(frame, metric="ncm")
