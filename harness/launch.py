@@ -146,6 +146,11 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
         unit_id = result.config["unit"]["id"]
         if result.error is not None and read_state(grid.storage, plan.units[unit_id]).status != "failed":
             record_failure(grid.storage / unit_id, result.error, epochs_done(grid.storage / unit_id))
+    # On Ctrl-C Ray Tune stops the trials and returns as if the wave had ended: a unit neither done nor failed
+    # was stopped, and the next wave (stage 2 on the stage-1 units that did finish) must not start.
+    stopped = [u for u in units if read_state(grid.storage, u).status not in ("done", "failed")]
+    if stopped:
+        raise KeyboardInterrupt(f"{len(stopped)} unit(s) stopped before they finished")
 
 
 def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every: float = 30.0) -> Plan:

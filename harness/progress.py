@@ -7,6 +7,8 @@ from typing import Callable
 
 from ray.tune import Callback
 
+from drolt.unit import epochs_done
+
 from .grid import Unit
 from .storage import is_done
 
@@ -26,7 +28,9 @@ class GridProgress(Callback):
         self.done, self.failed, self.total = done_before, 0, total
         self.epochs_of = epochs_of
         self.log, self.every = log, every
-        self.running: dict[str, int] = {}          # unit id -> epochs finished
+        # unit id -> epochs finished, from the folders: a unit resuming after epoch N starts at N
+        self.epochs = {uid: epochs_done(storage / uid) for uid in self.units}
+        self.running: set[str] = set()
         self.finished: set[str] = set()
         self.epoch_times: list[float] = []
         self.started = started
@@ -37,12 +41,12 @@ class GridProgress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         unit = self._unit(trial)
-        self.running.setdefault(unit.id, 0)
+        self.running.add(unit.id)
         self.log(f"[{_duration(time.time() - self.started)}] start  {unit.id} {unit.label}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         unit = self._unit(trial)
-        self.running[unit.id] = int(result.get("epoch", 0)) + 1
+        self.epochs[unit.id] = int(result.get("epoch", 0)) + 1
         if "epoch_time" in result:
             self.epoch_times.append(float(result["epoch_time"]))
         if time.time() - self.last_line >= self.every:
@@ -62,7 +66,7 @@ class GridProgress(Callback):
                  "(its process died; it resumes from its last epoch)")
 
     def _finish(self, unit: Unit, ok: bool) -> None:
-        self.running.pop(unit.id, None)
+        self.running.discard(unit.id)
         self.finished.add(unit.id)
         if ok:
             self.done += 1
@@ -75,11 +79,11 @@ class GridProgress(Callback):
     def status_line(self) -> None:
         """Prints units done of total, running units with their epoch, and an ETA from measured epoch times."""
         self.last_line = time.time()
-        running = ", ".join(f"{uid[:6]} ep {ep}/{self.epochs_of(self.units[uid])}"
-                            for uid, ep in sorted(self.running.items()))
+        running = ", ".join(f"{uid[:6]} ep {self.epochs[uid]}/{self.epochs_of(self.units[uid])}"
+                            for uid in sorted(self.running))
         eta = ""
         if self.epoch_times and self.running:
-            left = sum(self.epochs_of(u) - self.running.get(uid, 0) for uid, u in self.units.items()
+            left = sum(self.epochs_of(u) - self.epochs[uid] for uid, u in self.units.items()
                        if uid not in self.finished)
             per_epoch = sum(self.epoch_times[-20:]) / len(self.epoch_times[-20:])
             eta = f", this wave's ETA ~{_duration(left * per_epoch / max(1, len(self.running)))}"

@@ -302,3 +302,22 @@ def test_unit_ids_of_earlier_versions_stay_valid():
     recorded = pd.read_csv(repo / "results" / "smoke" / "runs.csv")
     _, units = expand(load_grid(repo / "experiments" / "smoke.yaml"))
     assert set(units) == set(recorded.unit_id) | set(recorded.stage1_unit_id)
+
+
+def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.grid import Unit
+    from harness.progress import GridProgress
+    resumed, fresh = (Unit(uid, 1, {"stage1": {"epochs": 8}}, label) for uid, label in
+                      (("aaaaaa111111", "resumed"), ("bbbbbb222222", "fresh")))
+    (tmp_path / resumed.id).mkdir()
+    (tmp_path / resumed.id / "metrics.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n')
+    lines = []
+    progress = GridProgress([resumed, fresh], 0, 2, lambda u: 8, tmp_path, 0.0, lines.append)
+    for unit in (resumed, fresh):
+        progress.on_trial_start(0, [], SimpleNamespace(config={"unit": {"id": unit.id}}))
+    progress.on_trial_result(0, [], SimpleNamespace(config={"unit": {"id": fresh.id}}), {"epoch": 0, "epoch_time": 1.0})
+    progress.status_line()
+    assert "running: aaaaaa ep 2/8, bbbbbb ep 1/8" in lines[-1]
+    assert "ETA ~0m06s" in lines[-1]  # 6 + 7 epochs left, 1 s each, 2 at a time

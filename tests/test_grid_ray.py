@@ -23,7 +23,7 @@ import yaml
 
 from drolt.checkpoint import load_state
 from drolt.config import DataConfig
-from drolt.unit import load_data
+from drolt.unit import epochs_done, load_data
 from harness.cli import main
 from harness.grid import expand, load_grid
 from harness.launch import LaunchError, run_grid
@@ -252,6 +252,26 @@ def test_rerun_after_a_failure_retries_only_the_failed_unit(with_failure, capsys
     assert f"start  {ldam.id}" in out and f"start  {ce.id}" not in out
     assert _mtimes(storage / ce.id) == before
     assert (storage / ldam.id / "error.json").stat().st_mtime_ns > failed_at  # it really ran again
+
+
+def test_ctrl_c_stops_the_run_without_starting_the_next_wave(local_ray, data_root, tmp_path, capsys):
+    # Ray Tune catches Ctrl-C, stops the trials and returns from fit() as if the wave had ended.
+    local_ray.start(num_gpus=1)
+    path = _grid(tmp_path, data_root, name="interrupted", methods=[{"name": "dro_lt", "mode": "faithful"}],
+                 stage1={**TINY["stage1"], "epochs": 40})
+    units = _units(path)
+    stage1, stage2 = (next(u for u in units.values() if u.stage == s) for s in (1, 2))
+    storage = load_grid(path).storage
+
+    def interrupt_after_the_first_epoch():
+        _wait_for(lambda: epochs_done(storage / stage1.id) >= 1, 120, "stage 1's first epoch")
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt_after_the_first_epoch, daemon=True).start()
+
+    assert main(["run", str(path)]) == 130
+    assert "interrupted; run the same command again to resume" in capsys.readouterr().err
+    assert 1 <= epochs_done(storage / stage1.id) < 40
+    assert not (storage / stage2.id).exists(), "stage 2 started after the interruption"
 
 
 def test_missing_data_stops_the_run_before_any_unit_starts(local_ray, tmp_path, capsys):
