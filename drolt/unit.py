@@ -128,7 +128,7 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
     `report` is called with each epoch's record once the epoch's state is safely on disk.
     """
     done = read_result(folder)
-    if done is not None and _loadable(folder / "model_best.pt", folder / "model_last.pt"):
+    if done is not None and weights_loadable(folder):
         log(f"stage {stage}: already complete in {folder}")
         return done
     if (folder / "done").exists():
@@ -178,9 +178,10 @@ def read_result(folder: Path) -> Optional[dict]:
     return result if isinstance(result, dict) and {"last", "best"} <= result.keys() else None
 
 
-def _loadable(*paths: Path) -> bool:
+def weights_loadable(folder: Path) -> bool:
+    """True when a finished stage's weights (model_best.pt, model_last.pt) load: a later stage needs them."""
     try:
-        for path in paths:
+        for path in (folder / "model_best.pt", folder / "model_last.pt"):
             load_state(path)
     except Exception:  # a truncated or garbled file, whatever torch.load raises for it
         return False

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from drolt.checkpoint import read_json
-from drolt.unit import epochs_done, read_result
+from drolt.unit import epochs_done, read_result, weights_loadable
 
 from .grid import Unit
 
@@ -41,7 +41,10 @@ def read_state(storage: Path, unit: Unit) -> UnitState:
     """Returns what the unit's folder says about it."""
     folder = unit_dir(storage, unit.id)
     if read_result(folder) is not None:
-        return UnitState("done", epochs_done(folder))
+        if weights_loadable(folder):
+            return UnitState("done", epochs_done(folder))
+        # Trusted, they would fail every stage-2 unit built on them, run after run: rebuilt instead.
+        return UnitState("partial", epochs_done(folder), "its weights are damaged: rebuilt from the last state")
     if (folder / "done").exists():
         return UnitState("partial", epochs_done(folder), "result.json is damaged: rebuilt from the last state")
     if (folder / "error.json").exists():

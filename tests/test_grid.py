@@ -321,3 +321,24 @@ def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path)
     progress.status_line()
     assert "running: aaaaaa ep 2/8, bbbbbb ep 1/8" in lines[-1]
     assert "ETA ~0m06s" in lines[-1]  # 6 + 7 epochs left, 1 s each, 2 at a time
+
+
+def test_a_finished_stage_1_whose_weights_are_damaged_is_rebuilt_not_trusted(tmp_path):
+    # Trusted, the damaged weights would fail every stage-2 unit built on them, run after run.
+    import torch
+
+    from drolt.checkpoint import save_state
+    from harness.plan import make_plan
+    grid = load_grid(_write(tmp_path / "grid.yaml"))
+    stage1 = next(u for u in _units(grid).values() if u.stage == 1)
+    folder = grid.storage / stage1.id
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"last": {}, "best": {}}))
+    (folder / "done").touch()
+    for name in ("model_best.pt", "model_last.pt"):
+        save_state({"w": torch.zeros(1)}, folder / name)
+    assert make_plan(grid).states[stage1.id].status == "done"
+    (folder / "model_best.pt").write_bytes((folder / "model_best.pt").read_bytes()[:100])
+    plan = make_plan(grid)
+    assert plan.states[stage1.id].status == "partial"
+    assert f"{stage1.id}  {stage1.label} after epoch 0: its weights are damaged" in plan.describe()
