@@ -34,6 +34,7 @@ class DataConfig:
         _choice("profile", self.profile, PROFILES)
         if not self.rho >= 1:
             raise ValueError(f"rho must be >= 1 (the imbalance ratio n_max/n_min, e.g. 100), got {self.rho}")
+        _seeds(self, "subset_seed")
         if self.synthetic < 0:
             raise ValueError(f"synthetic must be >= 0 (train images per class; 0 = real data), got {self.synthetic}")
 
@@ -88,6 +89,7 @@ class Stage1Config(SpeedSettings):
         self.validate_speed()
         _choice("mode", self.mode, MODES)
         _positive(self, "epochs", "batch_size", "lr", "ncm_every")
+        _seeds(self, "seed")
         _non_negative(self, "momentum", "weight_decay", "warmup_epochs", "drw_start_epoch")
 
 
@@ -121,6 +123,7 @@ class Stage2Config(SpeedSettings):
         _choice("ce_weights", self.ce_weights, CLASS_WEIGHTS)
         _choice("classifier_weights", self.classifier_weights, CLASS_WEIGHTS)
         _positive(self, "epochs", "batch_size", "feature_lr", "classifier_lr", "temperature")
+        _seeds(self, "seed")
         _non_negative(self, "classifier_epochs", "momentum", "weight_decay", "ce_weight", "robust_weight")
         if self.classifier_epochs > self.epochs:
             raise ValueError(f"classifier_epochs ({self.classifier_epochs}) cannot exceed epochs ({self.epochs})")
@@ -174,6 +177,13 @@ def _at(where: str) -> str:
 def _choice(key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _seeds(config: Any, *keys: str) -> None:
+    for key in keys:
+        if not 0 <= getattr(config, key) < 2**32:
+            raise ValueError(f"{key} must be between 0 and {2**32 - 1} (what torch's generators take), "
+                             f"got {getattr(config, key)!r}")
 
 
 def _positive(config: Any, *keys: str) -> None:

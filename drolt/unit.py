@@ -232,6 +232,9 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
 
     `stage1_weights` (a model_*.pt of an earlier stage 1) skips stage 1 and starts stage 2 from it.
     """
+    if stage1_weights and 2 not in unit.stages():
+        raise ValueError(f"stage-1 weights start stage 2, which method {unit.method!r} does not have (it trains "
+                         "stage 1 alone); drop --stage1-weights, or use --method dro_lt")
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, holder="another drolt train"):
@@ -240,6 +243,7 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
 
 def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
                 stage1_weights: Optional[str | Path]) -> dict[int, dict]:
+    _check_same_unit(out, unit)
     (out / "unit.yaml").write_text(yaml.safe_dump(unit.as_dict(), sort_keys=False))
     data = load_data(unit.data).to(device)
     log(f"data: {unit.data.dataset}-LT rho {unit.data.rho:g} ({unit.data.profile}), {len(data.train_labels)} "
@@ -253,3 +257,37 @@ def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
             weights = load_state(stage1_handoff(out / "stage1", unit.stage1))
         results[stage] = run_stage(stage, unit, data, device, out / f"stage{stage}", log, weights)
     return results
+
+
+# Where the data is read from does not change the work (as in a grid's unit ids).
+_NOT_THE_WORK = {"data.root", "data.download"}
+
+
+def _check_same_unit(out: Path, unit: UnitConfig) -> None:
+    """Raises ValueError when `out` holds a unit with other settings: resuming or reusing its stages would
+    hand back results, or continue a training, that the settings asked for now did not make."""
+    try:
+        stored = yaml.safe_load((out / "unit.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return  # nothing trained here yet, or nothing readable to compare with
+    if not isinstance(stored, dict):
+        return
+    old, new = _flat(stored), _flat(unit.as_dict())
+    # Keys the stored file lacks came with a later version of drolt: its run used their defaults.
+    changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k] and k not in _NOT_THE_WORK)
+    changed += sorted(k for k in old.keys() - new.keys())  # a stage the unit had and has no more
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k, '-')!r} -> {new.get(k, '-')!r}" for k in changed[:6])
+        raise ValueError(f"{out} holds a unit trained with other settings ({shown}"
+                         f"{', ...' if len(changed) > 6 else ''}); give --out a new folder, or delete {out} "
+                         "to start over")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

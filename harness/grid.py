@@ -38,7 +38,8 @@ GRID_KEYS = {
     "max_failures": "int >= 0: retries of a trial whose process dies",
 }
 METHOD_KEYS = ("name", "mode", "stage1", "stage2")
-RUN_LEVEL = ("mode", "seed")  # set by the grid's axes, not by stage overrides
+# Set by the grid's axes, not by stage overrides (stage 1's method follows the method's name).
+RUN_LEVEL = {"mode": "methods: mode", "seed": "seeds:", "method": "methods: name"}
 
 
 class GridError(ValueError):
@@ -193,7 +194,7 @@ def _overrides(raw: dict, key: str) -> dict:
     value = _typed(raw, key, dict, {})
     for bad in RUN_LEVEL:
         if bad in value:
-            raise GridError(f"{key}.{bad} is set per run (seeds: / methods: mode), not under {key}")
+            raise GridError(f"{key}.{bad} is set per run (by {RUN_LEVEL[bad]}), not under {key}")
     return dict(value)
 
 
@@ -218,7 +219,7 @@ def _methods(raw: Any) -> list[dict]:
                 raise GridError(f"methods[{i}].{section} must be a mapping of settings; got {m[section]!r}")
             for bad in RUN_LEVEL:
                 if bad in m.get(section, {}):
-                    raise GridError(f"methods[{i}].{section}.{bad} is set per run (seeds: / mode:), not here")
+                    raise GridError(f"methods[{i}].{section}.{bad} is set per run (by {RUN_LEVEL[bad]}), not here")
         if "stage2" in m and m["name"] != "dro_lt":
             raise GridError(f"methods[{i}]: {m['name']} has no stage 2; remove its stage2 settings")
         methods.append({"name": m["name"], "mode": mode, "stage1": dict(m.get("stage1", {})),
@@ -286,7 +287,8 @@ def expand(grid: Grid) -> tuple[list[Run], dict[str, Unit]]:
 
 def _units_of(grid: Grid, dataset: str, rho: float, subset_seed: int, seed: int, m: dict,
               units: dict[str, Unit]) -> str:
-    data = dataclasses.replace(grid.data, dataset=dataset, rho=rho, profile=grid.profile, subset_seed=subset_seed)
+    data = _checked(DataConfig, {**dataclasses.asdict(grid.data), "dataset": dataset, "rho": rho,
+                                 "profile": grid.profile, "subset_seed": subset_seed}, "subset_seeds")
     # Where the files are and whether to download them do not change the work: keep them out of the id.
     data_key = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("root", "download")}
     where = f"methods[{m['name']}]"

@@ -4,8 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from drolt.checkpoint import save_state
 from harness.cli import main
 from harness.grid import GridError, expand, load_grid
 from harness.launch import storage_lock
@@ -64,6 +66,11 @@ INVALID = {
                                              ["classifier_epochs", "3", "epochs"]),
     "seed_set_in_a_stage_override": ({"stage1": {"seed": 3}}, ["stage1.seed", "seeds"]),
     "mode_set_in_a_stage_override": ({"stage2": {"mode": "clean"}}, ["stage2.mode", "mode"]),
+    "stage1_method_set_in_a_method_override": ({"methods": [{"name": "ce", "stage1": {"method": "ldam_drw"}}]},
+                                               ["methods[0].stage1.method", "methods: name"]),
+    "stage1_method_set_for_every_method": ({"stage1": {"method": "ldam_drw"}}, ["stage1.method", "methods: name"]),
+    "negative_seed": ({"seeds": [-1]}, ["seed", "between 0", "-1"]),
+    "negative_subset_seed": ({"subset_seeds": [-2]}, ["subset_seed", "between 0", "-2"]),
     "resources_unknown_key": ({"resources": {"gpu": 1}}, ["resources", "cpus", "gpus", "'gpu'"]),
     "resources_zero_cpus": ({"resources": {"cpus": 0}}, ["resources.cpus", "> 0"]),
     "resources_negative_gpus": ({"resources": {"gpus": -1}}, ["resources.gpus", ">= 0", "-1"]),
@@ -210,8 +217,10 @@ def _fake(storage, unit_id, *, done=False, epochs=0, error=None, state=False):
         (folder / "state.pt").write_bytes(b"fake")
     if error:
         (folder / "error.json").write_text(json.dumps({"type": error[0], "message": error[1], "epochs_done": epochs}))
-    if done:  # a finished unit: a readable result and the marker
+    if done:  # a finished unit: a readable result, weights that load and the marker
         (folder / "result.json").write_text(json.dumps({"last": {}, "best": {}}))
+        for name in ("model_best.pt", "model_last.pt"):
+            save_state({"w": torch.zeros(1)}, folder / name)
         (folder / "done").touch()
 
 
@@ -325,18 +334,11 @@ def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path)
 
 def test_a_finished_stage_1_whose_weights_are_damaged_is_rebuilt_not_trusted(tmp_path):
     # Trusted, the damaged weights would fail every stage-2 unit built on them, run after run.
-    import torch
-
-    from drolt.checkpoint import save_state
     from harness.plan import make_plan
     grid = load_grid(_write(tmp_path / "grid.yaml"))
     stage1 = next(u for u in _units(grid).values() if u.stage == 1)
+    _fake(grid.storage, stage1.id, done=True)
     folder = grid.storage / stage1.id
-    folder.mkdir(parents=True)
-    (folder / "result.json").write_text(json.dumps({"last": {}, "best": {}}))
-    (folder / "done").touch()
-    for name in ("model_best.pt", "model_last.pt"):
-        save_state({"w": torch.zeros(1)}, folder / name)
     assert make_plan(grid).states[stage1.id].status == "done"
     (folder / "model_best.pt").write_bytes((folder / "model_best.pt").read_bytes()[:100])
     plan = make_plan(grid)

@@ -73,6 +73,23 @@ def test_the_best_epochs_ncm_filled_in_at_the_end_reaches_the_stored_records(tmp
     assert history[best]["ncm_top1"] == result["best"]["ncm_top1"] == result["reported"]["ncm_top1"]
 
 
+def test_rerun_into_a_folder_of_other_settings_is_refused_naming_them(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(tmp_path, out) == 0
+    before = (out / "stage1" / "result.json").read_text()
+    capsys.readouterr()
+    assert _train(tmp_path, out, "--set", "stage1.lr=0.5") == 2
+    err = capsys.readouterr().err
+    assert "holds a unit trained with other settings (stage1.lr: 0.1 -> 0.5)" in err and "new folder" in err
+    assert (out / "stage1" / "result.json").read_text() == before
+    assert "lr: 0.1" in (out / "unit.yaml").read_text()  # the folder still says what it holds
+    # Where the data is read from is not the work: the same unit, found done.
+    moved = tmp_path / "moved"
+    (tmp_path / "data").rename(moved)
+    assert main(["train", *TINY, "--data-root", str(moved), "--out", str(out)]) == 0
+    assert "already complete" in capsys.readouterr().out
+
+
 def test_unknown_setting_is_rejected_naming_the_key(tmp_path, capsys):
     assert _train(tmp_path, tmp_path / "run", "--set", "stage2.temprature=0.5") == 2
     err = capsys.readouterr().err
@@ -92,6 +109,9 @@ def test_missing_data_folder_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     (["--rho", "0.5"], "rho must be >= 1"),
     (["--mode", "faithful", "--set", "stage2.eps_nonneg=true"], "clean-mode deviation"),
     (["--set", "stage1.epochs=ten"], "must be int"),
+    (["--subset-seed", "-1"], "subset_seed must be between 0 and 4294967295"),
+    (["--seed", "-3"], "seed must be between 0 and 4294967295"),
+    (["--method", "ce", "--stage1-weights", "model_best.pt"], "drop --stage1-weights, or use --method dro_lt"),
 ])
 def test_impossible_values_stop_before_any_work(tmp_path, capsys, flags, message):
     assert main(["train", "--out", str(tmp_path / "run"), *flags]) == 2
