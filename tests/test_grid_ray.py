@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+import torch
 import yaml
 
-from drolt.checkpoint import load_state
+from drolt.checkpoint import load_state, save_state
 from drolt.config import DataConfig
 from drolt.unit import epochs_done, load_data
 from harness.cli import main
@@ -295,7 +296,8 @@ def test_unit_that_raises_is_recorded_with_its_exception(local_ray, data_root, t
     stage2 = next(u for u in units.values() if u.stage == 2)
     folder = load_grid(path).storage / stage1.id
     folder.mkdir(parents=True)
-    (folder / "model_last.pt").write_bytes(b"not a checkpoint")  # stage 2 cannot load its start
+    for name in ("model_best.pt", "model_last.pt"):  # files that load, but hold no ResNet: stage 2 raises
+        save_state({"not_a_resnet": torch.zeros(1)}, folder / name)
     (folder / "result.json").write_text(json.dumps({"last": {}, "best": {}}))
     (folder / "done").touch()
 
