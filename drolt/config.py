@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, get_type_hints
+
+import yaml
 
 from .speed import COMPILE_MODES, PRECISIONS
 
@@ -131,6 +134,31 @@ class Stage2Config(SpeedSettings):
             raise ValueError("eps_nonneg is a clean-mode deviation; set mode: clean or eps_nonneg: false")
         from .sampling import parse_sampler
         parse_sampler(self.sampler)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that gives a key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in one mapping (the second would silently win)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: Path) -> Any:
+    """Returns the YAML document in a settings file; invalid YAML or a key given twice raises ValueError
+    naming the file and the line."""
+    try:
+        with path.open() as stream:  # a stream, so that the error's position names the file
+            return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"not valid YAML: {err}") from None
 
 
 def from_dict(cls: type, values: dict[str, Any] | None, where: str = "") -> Any:

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from drolt.checkpoint import FolderBusy
+from drolt.config import load_yaml
 from drolt.data import DataError
 from drolt.training import TrainingDiverged
 from drolt.unit import METHODS, resolve_device, run_unit, unit_from_dict
@@ -58,7 +59,7 @@ def train_settings(args: argparse.Namespace) -> tuple[dict, Path, str]:
     if args.config:
         if not args.config.exists():
             raise ValueError(f"config file {args.config} does not exist")
-        tree = yaml.safe_load(args.config.read_text()) or {}
+        tree = load_yaml(args.config) or {}
         if not isinstance(tree, dict):
             raise ValueError(f"config file {args.config} must hold a mapping (keys method, data, stage1, ...)")
     out = tree.pop("out", "runs/train")

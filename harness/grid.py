@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from drolt.config import DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config, from_dict
+from drolt.config import (DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config, from_dict,
+                          load_yaml)
 from drolt.data import long_tail_counts
 from drolt.unit import METHODS, UnitConfig, unit_from_dict
 
@@ -103,9 +102,9 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
     if not path.exists():
         raise GridError(f"grid file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise GridError(f"{path} is not valid YAML: {err}") from err
+        raw = load_yaml(path)
+    except ValueError as err:
+        raise GridError(str(err)) from None
     if not isinstance(raw, dict):
         raise GridError(f"{path} must hold a mapping with keys {', '.join(GRID_KEYS)}")
     unknown = sorted(set(raw) - set(GRID_KEYS))

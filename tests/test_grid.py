@@ -344,3 +344,11 @@ def test_a_finished_stage_1_whose_weights_are_damaged_is_rebuilt_not_trusted(tmp
     plan = make_plan(grid)
     assert plan.states[stage1.id].status == "partial"
     assert f"{stage1.id}  {stage1.label} after epoch 0: its weights are damaged" in plan.describe()
+
+
+def test_a_key_given_twice_in_a_grid_file_is_refused_naming_it_and_its_line(tmp_path):
+    # PyYAML would keep the second silently: here a 3-seed grid quietly run with one seed.
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(BASE, sort_keys=False) + "seeds: [0]\n")
+    with pytest.raises(GridError, match=r"(?s)'seeds' is given twice.*grid.yaml\", line"):
+        load_grid(path)

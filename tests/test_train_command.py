@@ -90,6 +90,16 @@ def test_rerun_into_a_folder_of_other_settings_is_refused_naming_them(tmp_path, 
     assert "already complete" in capsys.readouterr().out
 
 
+def test_a_config_file_giving_a_key_twice_or_invalid_yaml_is_a_clear_error(tmp_path, capsys):
+    for text, words in (("stage1:\n  lr: 0.1\n  lr: 0.5\n", "'lr' is given twice"),
+                        ("stage1: [unclosed\n", "not valid YAML")):
+        config = tmp_path / "unit.yaml"
+        config.write_text(text)
+        assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and str(config) in err and "Traceback" not in err
+
+
 def test_unknown_setting_is_rejected_naming_the_key(tmp_path, capsys):
     assert _train(tmp_path, tmp_path / "run", "--set", "stage2.temprature=0.5") == 2
     err = capsys.readouterr().err
