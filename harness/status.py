@@ -10,7 +10,11 @@ from .plan import make_plan
 
 def run_in_progress(storage: Path) -> str:
     """Returns who holds the storage lock ("pid N on host"), or "" when no `drolt run` is using it."""
-    path = storage / ".drolt-run.lock"
+    return lock_holder(storage / ".drolt-run.lock")
+
+
+def lock_holder(path: Path) -> str:
+    """Returns who holds the lock file `path` (what it says, e.g. "pid N on host"), or "" when nobody does."""
     if not path.exists():
         return ""
     with open(path) as f:
@@ -33,7 +37,9 @@ def status_table(grid: Grid) -> str:
         state = plan.states[unit.id]
         status = state.status
         if status == "partial":
-            status = "running" if holder else "interrupted"
+            # A trial holds its unit's lock while it trains; a run's other started units wait for a slot.
+            status = ("running" if lock_holder(grid.storage / unit.id / ".lock") else "queued") if holder \
+                else "interrupted"
         elif status == "pending" and unit.depends_on and plan.states[unit.depends_on].status != "done":
             status = "waiting"  # for its stage-1 unit
         counts[status] = counts.get(status, 0) + 1

@@ -293,13 +293,18 @@ def test_status_shows_done_failed_with_reason_interrupted_waiting_and_pending(tm
     assert out.splitlines()[-1] == "total: 1 done, 1 failed, 1 interrupted, 2 pending, 1 waiting of 6 units"
 
 
-def test_status_says_running_while_a_drolt_run_holds_the_storage(tmp_path, capsys):
+def test_status_tells_running_from_queued_units_while_a_drolt_run_holds_the_storage(tmp_path, capsys):
+    from drolt.checkpoint import folder_lock
     path, grid, units, label = _status_grid(tmp_path)
+    interrupted = next(u for u in _units(grid).values() if u.label == label.format(1, "stage1 ce"))
     with storage_lock(grid.storage):
-        assert main(["status", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "a `drolt run` is in progress (pid" in out.splitlines()[0]
-    assert _status_lines(out, units)[label.format(1, "stage1 ce")].split()[0] == "running"
+        assert main(["status", str(path)]) == 0  # started before, waiting for a trial slot now
+        with folder_lock(grid.storage / interrupted.id):  # what a trial holds while it trains the unit
+            assert main(["status", str(path)]) == 0
+    queued, running = capsys.readouterr().out.split("grid ")[1:]
+    assert "a `drolt run` is in progress (pid" in running.splitlines()[0]
+    assert _status_lines(queued, units)[interrupted.label].split()[:2] == ["queued", "1/4"]
+    assert _status_lines(running, units)[interrupted.label].split()[:2] == ["running", "1/4"]
 
 
 def test_unit_ids_of_earlier_versions_stay_valid():
