@@ -93,6 +93,10 @@ class Stage1Config(SpeedSettings):
         _choice("mode", self.mode, MODES)
         _positive(self, "epochs", "batch_size", "lr", "ncm_every")
         _seeds(self, "seed")
+        if self.method == "ldam_drw" and self.drw_start_epoch >= self.epochs:
+            raise ValueError(f"drw_start_epoch ({self.drw_start_epoch}) must be below epochs ({self.epochs}) for "
+                             "ldam_drw: its re-weighting would never start, and the run would not be LDAM-DRW; "
+                             "lower stage1.drw_start_epoch (the reference: 160 of 200)")
         _non_negative(self, "momentum", "weight_decay", "warmup_epochs", "drw_start_epoch")
 
 

@@ -14,7 +14,7 @@ from harness.launch import storage_lock
 
 BASE = {"name": "t", "storage": "runs", "data": {"root": "data", "synthetic": 20}, "datasets": ["cifar10"],
         "rhos": [10], "seeds": [0], "methods": ["ce", {"name": "dro_lt", "mode": "faithful"}],
-        "stage1": {"epochs": 2}, "stage2": {"epochs": 2, "classifier_epochs": 1}}
+        "stage1": {"epochs": 2, "drw_start_epoch": 1}, "stage2": {"epochs": 2, "classifier_epochs": 1}}
 DROP = object()  # a change that removes the key
 
 
@@ -70,6 +70,8 @@ INVALID = {
                                                ["methods[0].stage1.method", "methods: name"]),
     "stage1_method_set_for_every_method": ({"stage1": {"method": "ldam_drw"}}, ["stage1.method", "methods: name"]),
     "negative_seed": ({"seeds": [-1]}, ["seed", "between 0", "-1"]),
+    "ldam_drw_that_never_reweights": ({"methods": ["ldam_drw"], "stage1": {"epochs": 20}},
+                                      ["drw_start_epoch (160)", "epochs (20)", "not be LDAM-DRW"]),
     "negative_subset_seed": ({"subset_seeds": [-2]}, ["subset_seed", "between 0", "-2"]),
     "resources_unknown_key": ({"resources": {"gpu": 1}}, ["resources", "cpus", "gpus", "'gpu'"]),
     "resources_zero_cpus": ({"resources": {"cpus": 0}}, ["resources.cpus", "> 0"]),
@@ -140,7 +142,8 @@ def test_the_same_unit_in_two_grid_files_sharing_storage_has_the_same_id(tmp_pat
 def test_unit_id_ignores_key_order_and_int_versus_float_rho(tmp_path):
     grid = load_grid(_write(tmp_path / "grid.yaml"))
     reordered = dict(reversed(list(BASE.items())))
-    same = load_grid(_write(tmp_path / "other.yaml", {"rhos": [10.0], "stage1": {"epochs": 2}}, base=reordered))
+    same = load_grid(_write(tmp_path / "other.yaml", {"rhos": [10.0], "stage1": {"drw_start_epoch": 1, "epochs": 2}},
+                            base=reordered))
     assert set(_units(grid)) == set(_units(same))
 
 
@@ -181,8 +184,8 @@ def test_stage1_units_come_before_the_stage2_units_that_need_them(tmp_path):
 
 
 @pytest.mark.parametrize("change,stage1_changes,stage2_changes", [
-    ({"stage1": {"epochs": 3}}, True, True),
-    ({"stage1": {"epochs": 2, "lr": 0.05}}, True, True),
+    ({"stage1": {"epochs": 3, "drw_start_epoch": 1}}, True, True),
+    ({"stage1": {"epochs": 2, "drw_start_epoch": 1, "lr": 0.05}}, True, True),
     ({"stage2": {"epochs": 2, "classifier_epochs": 1, "temperature": 0.5}}, False, True),
     ({"data": {"root": "data", "synthetic": 30}}, True, True),
     ({"profile": "step"}, True, True),
@@ -245,7 +248,8 @@ def test_dry_run_prints_units_to_run_and_done_and_writes_nothing(tmp_path, capsy
 
 
 def test_dry_run_lists_interrupted_units_with_their_epoch_and_failed_ones_with_their_reason(tmp_path, capsys):
-    path = _write(tmp_path / "grid.yaml", {"methods": ["ce", "ldam_drw"], "stage1": {"epochs": 5}})
+    path = _write(tmp_path / "grid.yaml", {"methods": ["ce", "ldam_drw"],
+                                           "stage1": {"epochs": 5, "drw_start_epoch": 4}})
     grid = load_grid(path)
     units = _by_label(grid)
     ce, ldam = units["cifar10 rho10 s0 seed0 stage1 ce"], units["cifar10 rho10 s0 seed0 stage1 ldam_drw"]
@@ -260,7 +264,7 @@ def test_dry_run_lists_interrupted_units_with_their_epoch_and_failed_ones_with_t
 
 def _status_grid(tmp_path):
     path = _write(tmp_path / "grid.yaml", {"seeds": [0, 1], "methods": ["ce", "ldam_drw", "dro_lt"],
-                                           "stage1": {"epochs": 4}})
+                                           "stage1": {"epochs": 4, "drw_start_epoch": 3}})
     grid = load_grid(path)
     units = _by_label(grid)
     label = "cifar10 rho10 s0 seed{} {}"

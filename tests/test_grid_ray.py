@@ -210,7 +210,8 @@ def with_failure(local_ray, data_root, tmp_path_factory):
     """A grid whose LDAM-DRW unit diverges (LR 1e30) while its CE unit trains normally; returns the grid file."""
     local_ray.start(num_gpus=1)
     return _grid(tmp_path_factory.mktemp("failing"), data_root, name="failing",
-                 methods=["ce", {"name": "ldam_drw", "stage1": {"lr": 1.0e30, "warmup_epochs": 0}}])
+                 methods=["ce", {"name": "ldam_drw",
+                                 "stage1": {"lr": 1.0e30, "warmup_epochs": 0, "drw_start_epoch": 1}}])
 
 
 def test_diverging_unit_is_recorded_the_others_finish_and_run_exits_non_zero(with_failure, capsys):
@@ -382,7 +383,8 @@ def test_rerun_after_the_driver_is_killed_keeps_done_units_and_resumes_the_inter
         local_ray, data_root, ray_temp, tmp_path):
     local_ray.stop()  # leave the two cores to the subprocesses
     path = _grid(tmp_path, data_root, name="killed",
-                 methods=[{"name": "ce", "stage1": {"epochs": 1}}, {"name": "ldam_drw", "stage1": {"epochs": 8}}])
+                 methods=[{"name": "ce", "stage1": {"epochs": 1}},
+                          {"name": "ldam_drw", "stage1": {"epochs": 8, "drw_start_epoch": 6}}])
     units = _units(path)
     short, long_ = units["cifar10 rho10 s0 seed0 stage1 ce"], units["cifar10 rho10 s0 seed0 stage1 ldam_drw"]
     storage = load_grid(path).storage
