@@ -37,5 +37,14 @@ step 90 steady_stage2_graph_step_fused.txt python3 -m benchmarks.steady_epochs "
 step 90 steady_stage2.txt python3 -m benchmarks.steady_epochs "${STEADY2[@]}"
 step 60 profile_stage1.txt python3 -m benchmarks.profile_epoch --device cuda --stage 1 --fraction 0.5 "${FAST1[@]}" \
     --set stage1.warmup_epochs=0 --set stage1.graph_step=true --set stage1.fused_sgd=true
+# The paper grid's estimate from whichever steady runs finished (printed, not a file: 8 files at most come back).
+for s1 in steady_stage1_graph_step_fused steady_stage1; do
+    for s2 in steady_stage2_graph_step_fused steady_stage2; do
+        if [[ -s $OUT/$s1.txt && -s $OUT/$s2.txt ]]; then
+            echo "grid estimate from $s1 + $s2 (G 1.35, the process-packing gain without MPS):"
+            python3 -m benchmarks.grid_estimate "$OUT/$s1.txt" "$OUT/$s2.txt" --gain 1.35 2>&1 | tail -3
+        fi
+    done
+done
 echo "$(date +%T) end after ${SECONDS} s"
 exit "$FAILED"
