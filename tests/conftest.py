@@ -7,10 +7,13 @@ from pathlib import Path
 # Ray in tests stays on this machine: no usage stats, cloud-metadata probes sent to a closed loopback port,
 # and every Ray server bound to 127.0.0.1. Ray binds its gRPC servers to 0.0.0.0 unless the node address is
 # 127.0.0.1 and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its single-machine mode, read when Ray is imported;
-# test_grid_ray checks the bind). Set before any test module imports Ray.
+# test_grid_ray checks the bind). Token authentication, Ray 2.60's default for the clusters it starts, is
+# also read at import: a module importing Ray (harness.progress) before test_grid_ray sets it would leave
+# Ray unable to start its own servers. Set before any test module imports Ray.
 os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "http_proxy": "http://127.0.0.1:9",
                    "https_proxy": "http://127.0.0.1:9", "no_proxy": "localhost,127.0.0.1,127.0.0.2",
-                   "DROLT_RAY_NODE_IP": "127.0.0.1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+                   "DROLT_RAY_NODE_IP": "127.0.0.1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                   "RAY_AUTH_MODE": "token"})
 
 import warnings
 from typing import Callable
