@@ -62,9 +62,10 @@ def classification_report(
 
     Without `centroids` (an epoch that skipped its NCM bank) the NCM fields are NaN."""
     num_classes = len(train_counts)
-    if logits.shape[1] != num_classes or (centroids is not None and centroids.shape[0] != num_classes):
+    centroid_classes = num_classes if centroids is None else centroids.shape[0]
+    if logits.shape[1] != num_classes or centroid_classes != num_classes:
         raise ValueError(
-            f"logits [n, {logits.shape[1]}] and centroids [{centroids.shape[0]}, d] must both have "
+            f"logits [n, {logits.shape[1]}] and centroids [{centroid_classes}, d] must both have "
             f"{num_classes} classes to match train_counts"
         )
     logits, targets = logits.detach(), targets.detach()

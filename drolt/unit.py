@@ -266,10 +266,12 @@ _NOT_THE_WORK = {"data.root", "data.download"}
 def _check_same_unit(out: Path, unit: UnitConfig) -> None:
     """Raises ValueError when `out` holds a unit with other settings: resuming or reusing its stages would
     hand back results, or continue a training, that the settings asked for now did not make."""
+    if not any(out.glob("stage*/metrics.jsonl")):
+        return  # nothing trained here yet
     try:
         stored = yaml.safe_load((out / "unit.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        return  # nothing trained here yet, or nothing readable to compare with
+        return  # nothing readable to compare with
     if not isinstance(stored, dict):
         return
     old, new = _flat(stored), _flat(unit.as_dict())

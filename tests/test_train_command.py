@@ -88,6 +88,12 @@ def test_rerun_into_a_folder_of_other_settings_is_refused_naming_them(tmp_path, 
     (tmp_path / "data").rename(moved)
     assert main(["train", *TINY, "--data-root", str(moved), "--out", str(out)]) == 0
     assert "already complete" in capsys.readouterr().out
+    # A folder where nothing trained yet (a run that stopped before its first epoch) takes other settings.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "unit.yaml").write_text((out / "unit.yaml").read_text())
+    assert main(["train", *TINY, "--data-root", str(moved), "--out", str(empty), "--method", "ce",
+                 "--set", "stage1.lr=0.5"]) == 0
 
 
 def test_a_config_file_giving_a_key_twice_or_invalid_yaml_is_a_clear_error(tmp_path, capsys):
