@@ -99,6 +99,14 @@ class Stage1Config(SpeedSettings):
                              "lower stage1.drw_start_epoch (the reference: 160 of 200)")
         _non_negative(self, "momentum", "weight_decay", "warmup_epochs", "drw_start_epoch")
 
+    def warnings(self) -> list[str]:
+        """Returns what the schedule does that a shortened run may not expect (legal, so not an error)."""
+        late = [e for e in self.lr_decay_epochs if e >= self.epochs]
+        if not late:
+            return []
+        return [f"stage1.lr_decay_epochs {late} fall at or after the last of {self.epochs} epochs: the learning "
+                "rate does not decay there (set stage1.lr_decay_epochs for a shortened schedule)"]
+
 
 @dataclass
 class Stage2Config(SpeedSettings):

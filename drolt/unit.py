@@ -244,6 +244,8 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
 def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
                 stage1_weights: Optional[str | Path]) -> dict[int, dict]:
     _check_same_unit(out, unit)
+    for line in unit.stage1.warnings():
+        log(f"warning: {line}")
     (out / "unit.yaml").write_text(yaml.safe_dump(unit.as_dict(), sort_keys=False))
     data = load_data(unit.data).to(device)
     log(f"data: {unit.data.dataset}-LT rho {unit.data.rho:g} ({unit.data.profile}), {len(data.train_labels)} "

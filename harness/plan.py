@@ -29,6 +29,8 @@ class Plan:
                  f"{sum(u.stage == 2 for u in self.units.values())} stage-2); storage {self.grid.storage}"]
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
+        warnings = {w for u in self.units.values() if u.stage == 1 for w in u.config().stage1.warnings()}
+        lines += [f"  warning: {w}" for w in sorted(warnings)]
         for status in ("done", "partial", "failed", "pending"):
             units = [u for u in self.units.values() if self.states[u.id].status == status]
             if not units:

@@ -361,3 +361,13 @@ def test_a_key_given_twice_in_a_grid_file_is_refused_naming_it_and_its_line(tmp_
     path.write_text(yaml.safe_dump(BASE, sort_keys=False) + "seeds: [0]\n")
     with pytest.raises(GridError, match=r"(?s)'seeds' is given twice.*grid.yaml\", line"):
         load_grid(path)
+
+
+def test_the_plan_warns_of_lr_decay_epochs_a_shortened_schedule_never_reaches(tmp_path, capsys):
+    path = _write(tmp_path / "grid.yaml", {"stage1": {"epochs": 20, "drw_start_epoch": 1,
+                                                      "lr_decay_epochs": [5, 30]}})
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert "warning: stage1.lr_decay_epochs [30] fall at or after the last of 20 epochs" in capsys.readouterr().out
+    ok = {"stage1": {"epochs": 20, "drw_start_epoch": 1, "lr_decay_epochs": [5, 15]}}
+    assert main(["run", str(_write(tmp_path / "ok.yaml", ok)), "--dry-run"]) == 0
+    assert "warning" not in capsys.readouterr().out

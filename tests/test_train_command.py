@@ -26,6 +26,8 @@ def test_train_writes_both_stages_records_and_prints_a_line_per_epoch(tmp_path, 
     assert _train(tmp_path, out) == 0
     printed = capsys.readouterr().out
     assert printed.count("stage 1 epoch") == 2 and printed.count("stage 2 ") >= 2
+    # TINY shortens stage 1 to 2 epochs and keeps the reference's decay epochs: said, not silent
+    assert "warning: stage1.lr_decay_epochs [160, 180] fall at or after the last of 2 epochs" in printed
     for stage in ("stage1", "stage2"):
         for name in ("metrics.jsonl", "result.json", "model_best.pt", "model_last.pt", "done", "state.pt"):
             assert (out / stage / name).exists(), f"{stage}/{name}"
