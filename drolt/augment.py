@@ -77,6 +77,18 @@ def concat_draws(parts: Sequence[Draws]) -> Draws:
     return Draws(*(cat(field) for field in zip(*parts)))
 
 
+def take_draws(d: Draws, index: Tensor) -> Draws:
+    """Return the draws of the images ``index`` selects, for one call on those images."""
+    def take(field: Any) -> Any:
+        if field is None:
+            return None
+        if isinstance(field, AutoAugmentPlan):
+            return AutoAugmentPlan(*(t[index] for t in field))
+        return field[index]
+
+    return Draws(*(take(field) for field in d))
+
+
 def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, padding: int = 4) -> Tensor:
     """Return uint8 ``x`` cropped at ``offsets`` from its zero-padded copy, flipped left-right where ``flip``."""
     check_uint8_batch(x, "crop_flip")

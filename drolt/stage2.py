@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import speed
-from .augment import ApplyDraws, apply_draws, stage2_train_transform
+from .augment import ApplyDraws, Draws, apply_draws, draw, stage2_train_transform, take_draws
 from .centroids import class_centroids
 from .config import Stage2Config
 from .data import LongTailData
@@ -101,7 +101,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
         else:
             # Every epoch of the reference builds the centroid bank, unused here: its pass and augmentation
             # draws are spent as it spends them, so the classifier trains on the samples and views it would.
-            skip_centroid_bank(data, stream, cfg, aug_gen)
+            bank_draws(data, stream, cfg, aug_gen)
             stream = sampler.next_pass().to(device)
             losses = classifier_epoch(model, data, stream, cfg, opt_classifier, classifier_weights, aug_gen, augment)
             lr = cfg.classifier_lr
@@ -138,16 +138,17 @@ def centroid_bank(model: nn.Module, net: Callable, data: LongTailData, stream: T
                   gen: torch.Generator, augment: ApplyDraws = apply_draws) -> Tensor:
     """Returns [C,64] class centroids of eval-mode features over one augmented pass of the training stream."""
     model.eval()
-    z, _ = extract(net, stream, cfg.eval_batch_size,
-                   lambda idx: train_augment(cfg, data.train_images[idx], gen, augment), cfg)
+    draws = bank_draws(data, stream, cfg, gen)
+    # Chunks of eval_batch_size images take their slice of the pass's draws: the images do not depend on it.
+    z, _ = extract(net, torch.arange(len(stream), device=stream.device), cfg.eval_batch_size,
+                   lambda pos: augment(data.train_images[stream[pos]], take_draws(draws, pos)), cfg)
     return class_centroids(z, data.train_labels[stream], data.num_classes)
 
 
-def skip_centroid_bank(data: LongTailData, stream: Tensor, cfg: Stage2Config, gen: torch.Generator) -> None:
-    """Makes the augmentation draws `centroid_bank` makes over `stream`, chunk by chunk as `extract` cuts it,
-    without augmenting or running the model."""
-    for idx in torch.split(stream, cfg.eval_batch_size):
-        train_augment(cfg, data.train_images[idx], gen, lambda x, draws: x)
+def bank_draws(data: LongTailData, stream: Tensor, cfg: Stage2Config, gen: torch.Generator) -> Draws:
+    """Returns the augmentation draws of a centroid-bank pass over `stream`, made at once: every epoch spends
+    them, also a classifier epoch that builds no bank (as the reference builds one every epoch)."""
+    return draw(len(stream), gen, stream.device, cfg.autoaugment, cfg.cutout, image_size=data.train_images.shape[2])
 
 
 def feature_losses(z: Tensor, logits: Tensor, y: Tensor, centroids: Tensor, eps: Tensor,

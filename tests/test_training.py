@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from drolt.augment import stage1_train_transform, stage2_train_transform
+from drolt.augment import apply_draws, stage1_train_transform, stage2_train_transform
 from drolt.config import Stage1Config, Stage2Config
+from drolt.model import resnet32
 from drolt.stage1 import lr_at, train_stage1
-from drolt.stage2 import train_stage2
+from drolt.stage2 import centroid_bank, train_stage2
 from drolt.training import TrainingDiverged, augmented_batches
 
 CPU = torch.device("cpu")
@@ -156,6 +157,24 @@ def test_ncm_every_skips_ncm_passes_but_keeps_ncm_in_the_last_and_best_records(t
     _same(*_strip_times([sparse.best, plain.best]))
     with pytest.raises(ValueError, match="ncm_every"):
         s1(ncm_every=0).validate()
+
+
+def test_the_centroid_banks_views_do_not_depend_on_eval_batch_size(tiny, stage1_weights):
+    # eval_batch_size is a speed setting: how many images one forward pass takes, not which views they get.
+    stream = torch.randperm(len(tiny.train_labels), generator=torch.Generator().manual_seed(1)).repeat(2)
+    seen = {}
+    for size in (256, 37):
+        views = []
+
+        def spy(x, d):
+            views.append(apply_draws(x, d))
+            return views[-1]
+        model = resnet32(tiny.num_classes)
+        model.load_state_dict(stage1_weights)
+        gen = torch.Generator().manual_seed(0)
+        seen[size] = centroid_bank(model, model, tiny, stream, s2(eval_batch_size=size), gen, spy), torch.cat(views)
+    assert torch.equal(seen[256][1], seen[37][1])
+    assert torch.allclose(seen[256][0], seen[37][0], rtol=0, atol=1e-5)
 
 
 def test_ldam_drw_baseline_trains_with_a_cosine_head(tiny):
