@@ -327,12 +327,14 @@ def test_missing_class_names_raise_a_data_error_naming_the_meta_file(tmp_path):
             load_cifar("cifar10", tmp_path)
 
 
-def test_unequal_class_sizes_stop_the_long_tail_loader(tmp_path):
-    folder = write_synthetic_cifar(tmp_path, "cifar10", train_per_class=20, test_per_class=1)
-    rewrite(folder / "data_batch_1", lambda e: e["labels"].__setitem__(0, (e["labels"][0] + 1) % 10))
+@pytest.mark.parametrize("damaged, split", [("data_batch_1", "training"), ("test_batch", "test")])
+def test_unequal_class_sizes_stop_the_long_tail_loader(tmp_path, damaged, split):
+    # e.g. a training batch copied over test_batch: the test set the metrics assume is balanced
+    folder = write_synthetic_cifar(tmp_path, "cifar10", train_per_class=20, test_per_class=2)
+    rewrite(folder / damaged, lambda e: e["labels"].__setitem__(0, (e["labels"][0] + 1) % 10))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnofficialDataWarning)
-        with pytest.raises(DataError, match="unequal class sizes"):
+        with pytest.raises(DataError, match=f"{split} set .* unequal class sizes"):
             load_long_tail("cifar10", tmp_path, rho=10)
 
 

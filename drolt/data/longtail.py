@@ -86,11 +86,13 @@ def load_long_tail(name: str, root: str | Path, rho: float, profile: str = "exp"
     if profile not in PROFILES:  # checked before the slow load
         raise ValueError(f"unknown long-tail profile {profile!r}: choose one of {', '.join(map(repr, PROFILES))}")
     splits = load_cifar(name, root, download)
-    per_class = np.bincount(splits.train_labels, minlength=splits.num_classes)
-    if per_class.min() != per_class.max():
-        raise DataError(f"the {name} training set under {root} has unequal class sizes ({per_class.min()} to "
-                        f"{per_class.max()}), so n_max = N / C is undefined; the official release has equal "
-                        "sizes. Delete the dataset folder and download it again (download=True / --download).")
+    # n_max = N / C needs equal training classes; the metrics need the balanced test set the papers use.
+    for split, labels in (("training", splits.train_labels), ("test", splits.test_labels)):
+        per_class = np.bincount(labels, minlength=splits.num_classes)
+        if per_class.min() != per_class.max():
+            raise DataError(f"the {name} {split} set under {root} has unequal class sizes ({per_class.min()} to "
+                            f"{per_class.max()}); the official release has equal sizes. Delete the dataset "
+                            "folder and download it again (download=True / --download).")
     n_max = len(splits.train_labels) // splits.num_classes
     counts = long_tail_counts(splits.num_classes, n_max, 1 / rho, profile)
     if min(counts) == 0:
