@@ -10,6 +10,7 @@ A stage whose `done` marker exists is not run again; one with a state.pt resumes
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import shutil
@@ -27,6 +28,7 @@ from .checkpoint import (discard_partial_writes, folder_lock, load_state, read_j
                          save_state_keeping_previous, write_json, write_jsonl)
 from .config import DataConfig, Stage1Config, Stage2Config, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
+from .model import resnet32
 from .provenance import provenance
 from .stage1 import train_stage1
 from .stage2 import train_stage2
@@ -243,15 +245,20 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
 
 def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
                 stage1_weights: Optional[str | Path]) -> dict[int, dict]:
-    _check_same_unit(out, unit)
+    settings = unit.as_dict()
+    if stage1_weights:  # which weights stage 2 starts from is part of the work, wherever the file lies
+        if not Path(stage1_weights).is_file():
+            raise ValueError(f"stage-1 weights {stage1_weights} do not exist; {_WEIGHTS_FIX}")
+        settings["stage1_weights_sha256"] = hashlib.sha256(Path(stage1_weights).read_bytes()).hexdigest()
+    _check_same_unit(out, settings)
     for line in unit.stage1.warnings():
         log(f"warning: {line}")
-    (out / "unit.yaml").write_text(yaml.safe_dump(unit.as_dict(), sort_keys=False))
+    (out / "unit.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     data = load_data(unit.data).to(device)
     log(f"data: {unit.data.dataset}-LT rho {unit.data.rho:g} ({unit.data.profile}), {len(data.train_labels)} "
         f"training images, per class {data.class_counts}, source: {data.source}")
     results: dict[int, dict] = {}
-    weights = load_state(stage1_weights) if stage1_weights else None
+    weights = load_stage1_weights(Path(stage1_weights), data.num_classes) if stage1_weights else None
     for stage in unit.stages():
         if stage == 1 and weights is not None:
             continue
@@ -265,7 +272,28 @@ def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
 _NOT_THE_WORK = {"data.root", "data.download"}
 
 
-def _check_same_unit(out: Path, unit: UnitConfig) -> None:
+_WEIGHTS_FIX = "pass stage1/model_best.pt or stage1/model_last.pt of a finished CE stage 1 on this dataset"
+
+
+def load_stage1_weights(path: Path, num_classes: int) -> dict:
+    """Returns the stage-1 weights in `path` that stage 2 can start from; raises ValueError naming what the
+    file is instead and which file to pass."""
+    try:
+        weights = load_state(path)
+    except Exception as err:  # whatever torch.load raises for a file it did not write
+        raise ValueError(f"{path} is not a checkpoint drolt wrote ({type(err).__name__}); {_WEIGHTS_FIX}") from None
+    if isinstance(weights, dict) and "model" in weights and "epoch" in weights:
+        raise ValueError(f"{path} is a stage's resume state, not its weights; {_WEIGHTS_FIX}")
+    try:
+        resnet32(num_classes).load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} does not hold the weights of a ResNet-32 with a linear head for {num_classes} "
+                         f"classes ({first}); {_WEIGHTS_FIX} (LDAM-DRW's cosine head cannot start DRO-LT)") from None
+    return weights
+
+
+def _check_same_unit(out: Path, settings: dict) -> None:
     """Raises ValueError when `out` holds a unit with other settings: resuming or reusing its stages would
     hand back results, or continue a training, that the settings asked for now did not make."""
     if not any(out.glob("stage*/metrics.jsonl")):
@@ -276,7 +304,7 @@ def _check_same_unit(out: Path, unit: UnitConfig) -> None:
         return  # nothing readable to compare with
     if not isinstance(stored, dict):
         return
-    old, new = _flat(stored), _flat(unit.as_dict())
+    old, new = _flat(stored), _flat(settings)
     # Keys the stored file lacks came with a later version of drolt: its run used their defaults.
     changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k] and k not in _NOT_THE_WORK)
     changed += sorted(k for k in old.keys() - new.keys())  # a stage the unit had and has no more

@@ -108,6 +108,24 @@ def test_a_config_file_giving_a_key_twice_or_invalid_yaml_is_a_clear_error(tmp_p
         assert words in err and str(config) in err and "Traceback" not in err
 
 
+def test_stage1_weights_must_be_a_stage_1_models_weights_and_stay_the_same_in_one_folder(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert _train(tmp_path, first) == 0
+    capsys.readouterr()
+    for wrong, words in (("stage1/state.pt", "is a stage's resume state, not its weights"),
+                         ("stage1/metrics.jsonl", "is not a checkpoint drolt wrote"),
+                         ("stage1/missing.pt", "do not exist")):
+        assert _train(tmp_path, tmp_path / "s2", "--stage1-weights", str(first / wrong)) == 2
+        err = capsys.readouterr().err
+        assert words in err and "stage1/model_best.pt or stage1/model_last.pt" in err and "Traceback" not in err
+    assert _train(tmp_path, tmp_path / "s2", "--stage1-weights", str(first / "stage1/model_best.pt")) == 0
+    capsys.readouterr()
+    # Other weights into the same folder would resume or reuse a stage 2 they did not start.
+    assert (first / "stage1/model_best.pt").read_bytes() != (first / "stage1/model_last.pt").read_bytes()
+    assert _train(tmp_path, tmp_path / "s2", "--stage1-weights", str(first / "stage1/model_last.pt")) == 2
+    assert "stage1_weights_sha256" in capsys.readouterr().err
+
+
 def test_unknown_setting_is_rejected_naming_the_key(tmp_path, capsys):
     assert _train(tmp_path, tmp_path / "run", "--set", "stage2.temprature=0.5") == 2
     err = capsys.readouterr().err
