@@ -154,12 +154,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: keys written beside it override the merged ones, as meant
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is given twice in one mapping (the second would silently win)",
-                    key_node.start_mark)
-            seen.add(key)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice in one mapping (the second would silently win)",
+                        key_node.start_mark)
+                seen.add(key)
+            except TypeError:
+                pass  # an unhashable key: PyYAML's own constructor says so below
         return super().construct_mapping(node, deep)
 
 

@@ -30,6 +30,11 @@ def train_augment(cfg: Stage2Config, x: Tensor, gen: torch.Generator,
     return stage2_train_transform(x, gen, cfg.autoaugment, cfg.cutout, augment)
 
 
+# How the centroid banks draw their views, kept in every resume state: earlier versions drew them per
+# eval_batch_size chunk, and a stage 2 they started mixes the two when resumed (drolt.unit warns).
+BANK_DRAWS = "per_pass"
+
+
 def _weights(counts: list[int], kind: str, device: torch.device) -> Optional[Tensor]:
     return None if kind == "none" else class_weights(counts, kind).to(device)
 
@@ -119,8 +124,9 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
         if not feature_phase and improved(record, best_classifier, "top1"):
             best_classifier = {"record": record, "model": clone_state(model)}
         if on_epoch is not None:
-            on_epoch(record, {"stage": 2, "epoch": epoch + 1, "model": clone_state(model),
-                              "eps": eps.detach().clone(), "opt_features": opt_features.state_dict(),
+            on_epoch(record, {"stage": 2, "epoch": epoch + 1, "bank_draws": BANK_DRAWS,
+                              "model": clone_state(model), "eps": eps.detach().clone(),
+                              "opt_features": opt_features.state_dict(),
                               "opt_classifier": opt_classifier.state_dict(), "sampler": sampler.state_dict(),
                               "aug_gen": aug_gen.get_state(), "history": history,
                               "best_features": best_features, "best_classifier": best_classifier})

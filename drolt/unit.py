@@ -31,7 +31,7 @@ from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_syn
 from .model import resnet32
 from .provenance import provenance
 from .stage1 import train_stage1
-from .stage2 import train_stage2
+from .stage2 import BANK_DRAWS, train_stage2
 
 METHODS = ("ce", "ldam_drw", "dro_lt")
 
@@ -142,6 +142,10 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
     resume = load_resume_state(folder, log)
     if resume is not None:
         log(f"stage {stage}: resuming after epoch {resume['epoch']} from {folder}")
+        if stage == 2 and resume.get("bank_draws") != BANK_DRAWS:
+            log("warning: an earlier drolt started this stage 2, its centroid banks drawing views per "
+                "eval_batch_size chunk; it goes on drawing them per pass, so its epochs mix the two (delete "
+                f"{folder} to train it anew)")
 
     def on_epoch(record: dict, state: dict) -> None:
         save_state_keeping_previous(state, folder / "state.pt")
@@ -308,6 +312,8 @@ def _check_same_unit(out: Path, settings: dict) -> None:
     # Keys the stored file lacks came with a later version of drolt: its run used their defaults.
     changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k] and k not in _NOT_THE_WORK)
     changed += sorted(k for k in old.keys() - new.keys())  # a stage the unit had and has no more
+    if "stage1_weights_sha256" in new.keys() - old.keys():  # stage 2 trained here from this folder's stage 1
+        changed.append("stage1_weights_sha256")
     if changed:
         shown = ", ".join(f"{k}: {old.get(k, '-')!r} -> {new.get(k, '-')!r}" for k in changed[:6])
         raise ValueError(f"{out} holds a unit trained with other settings ({shown}"

@@ -148,7 +148,9 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
             record_failure(grid.storage / unit_id, result.error, epochs_done(grid.storage / unit_id))
     # On Ctrl-C Ray Tune stops the trials and returns as if the wave had ended: a unit neither done nor failed
     # was stopped, and the next wave (stage 2 on the stage-1 units that did finish) must not start.
-    stopped = [u for u in units if read_state(grid.storage, u).status not in ("done", "failed")]
+    errored = {result.config["unit"]["id"] for result in results if result.error is not None}
+    stopped = [u for u in units if u.id not in errored and not (grid.storage / u.id / "error.json").exists()
+               and read_state(grid.storage, u).status != "done"]
     if stopped:
         raise KeyboardInterrupt(f"{len(stopped)} unit(s) stopped before they finished")
 

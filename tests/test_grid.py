@@ -371,3 +371,39 @@ def test_the_plan_warns_of_lr_decay_epochs_a_shortened_schedule_never_reaches(tm
     ok = {"stage1": {"epochs": 20, "drw_start_epoch": 1, "lr_decay_epochs": [5, 15]}}
     assert main(["run", str(_write(tmp_path / "ok.yaml", ok)), "--dry-run"]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_yaml_merge_keys_still_work_in_grid_files(tmp_path):
+    # Keys beside a merge override the merged ones: not a key given twice.
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in BASE.items() if k != "methods"}, sort_keys=False)
+                    + "methods:\n  - {name: ce, stage1: &short {epochs: 3, lr: 0.05}}\n"
+                    + "  - {name: ldam_drw, stage1: {<<: *short, lr: 0.02, drw_start_epoch: 1}}\n")
+    units = _by_label(load_grid(path))
+    ldam = units["cifar10 rho10 s0 seed0 stage1 ldam_drw"].settings["stage1"]
+    assert (ldam["epochs"], ldam["lr"]) == (3, 0.02)
+
+
+def test_a_unit_that_failed_without_running_is_recorded_as_failed_not_as_a_ctrl_c(tmp_path, monkeypatch):
+    # A trial that dies before run_stage clears a damaged unit's `done` marker (an out-of-memory error while
+    # loading data) leaves the unit looking unfinished: Ray's error says it failed, not that it was stopped.
+    from types import SimpleNamespace
+
+    import ray.tune
+
+    from harness.launch import _fit_wave
+    from harness.plan import make_plan
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"methods": ["ce"]}))
+    (unit,) = _units(grid).values()
+    _fake(grid.storage, unit.id, done=True)
+    (grid.storage / unit.id / "result.json").write_text("{damaged")
+
+    class FailedWave:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            return [SimpleNamespace(config={"unit": {"id": unit.id}}, error=RuntimeError("CUDA out of memory"))]
+    monkeypatch.setattr(ray.tune, "Tuner", FailedWave)
+    _fit_wave(make_plan(grid), [unit], {"cpu": 1, "gpu": 0}, lambda line: None, 30.0, 0.0)
+    assert "CUDA out of memory" in (grid.storage / unit.id / "error.json").read_text()

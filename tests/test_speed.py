@@ -109,6 +109,13 @@ def test_fused_sgd_gives_the_plain_updates_in_both_stages(small):
         for name, weight in plain.last_state.items():
             assert torch.allclose(fused.last_state[name], weight, rtol=0, atol=1e-5), name
     assert fused_2.last["radii"] == pytest.approx(plain_2.last["radii"], rel=1e-6)
+    # ... and the setting reaches the stages' optimizers (their saved states say how they step)
+    states = []
+    train_stage1(Stage1Config(**cfg1, fused_sgd=True), small, CPU, on_epoch=lambda r, s: states.append(s))
+    train_stage2(Stage2Config(**cfg2, fused_sgd=True), small, plain_1.last_state, CPU,
+                 on_epoch=lambda r, s: states.append(s))
+    optimizers = [states[0]["optimizer"], states[-1]["opt_features"], states[-1]["opt_classifier"]]
+    assert all(group["fused"] is True for opt in optimizers for group in opt["param_groups"])
 
 
 def test_a_resumed_optimizer_keeps_the_runs_own_fused_setting():

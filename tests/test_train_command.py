@@ -126,6 +126,29 @@ def test_stage1_weights_must_be_a_stage_1_models_weights_and_stay_the_same_in_on
     assert "stage1_weights_sha256" in capsys.readouterr().err
 
 
+def test_adding_stage1_weights_to_a_folder_whose_stage_2_trained_without_them_is_refused(tmp_path, capsys):
+    other, out = tmp_path / "other", tmp_path / "run"
+    assert _train(tmp_path, other, "--seed", "7") == 0 and _train(tmp_path, out) == 0
+    capsys.readouterr()
+    assert _train(tmp_path, out, "--stage1-weights", str(other / "stage1/model_best.pt")) == 2
+    assert "stage1_weights_sha256" in capsys.readouterr().err
+    assert "stage1_weights_sha256" not in (out / "unit.yaml").read_text()
+
+
+def test_a_stage_2_started_before_banks_drew_views_per_pass_resumes_with_a_warning(tmp_path, capsys):
+    from drolt.checkpoint import load_state, save_state
+    out = tmp_path / "run"
+    assert _train(tmp_path, out) == 0
+    for name in ("done", "result.json"):  # stage 2 stopped after its last epoch, its state from then
+        (out / "stage2" / name).unlink()
+    state = load_state(out / "stage2" / "state.pt")
+    del state["bank_draws"]  # as an earlier version wrote it
+    save_state(state, out / "stage2" / "state.pt")
+    capsys.readouterr()
+    assert _train(tmp_path, out) == 0
+    assert "warning: an earlier drolt started this stage 2" in capsys.readouterr().out
+
+
 def test_unknown_setting_is_rejected_naming_the_key(tmp_path, capsys):
     assert _train(tmp_path, tmp_path / "run", "--set", "stage2.temprature=0.5") == 2
     err = capsys.readouterr().err
