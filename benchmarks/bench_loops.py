@@ -46,14 +46,14 @@ from benchmarks.common import (device_name, parse_overrides, resolve_device, sho
                                synthetic_long_tail)
 from benchmarks.reference_style import ReferenceLoop
 from drolt import speed
-from drolt.augment import stage1_train_transform, test_transform
+from drolt.augment import stage1_train_transform, stage2_train_transform, test_transform
 from drolt.config import Stage1Config, Stage2Config
 from drolt.data import LongTailData, load_long_tail
 from drolt.losses import class_weights
 from drolt.model import resnet32
 from drolt.sampling import make_sampler
 from drolt.stage1 import train_stage1
-from drolt.stage2 import feature_losses, train_augment, train_stage2
+from drolt.stage2 import feature_losses, train_stage2
 from drolt.training import device_generator
 
 LOOPS = ("ref", "project", "compute")
@@ -252,7 +252,8 @@ def compute_stage2(data: LongTailData, cfg: Stage2Config, init: dict, device: to
     loss_fn = speed.compiled(feature_losses, sizes=(cfg.batch_size,)) if cfg.compile_loss else feature_losses
     sampler = make_sampler(cfg.sampler, data.train_labels, data.num_classes, cfg.seed)
     stream = sampler.next_pass()
-    x = train_augment(cfg, data.train_images[stream].to(device), device_generator(device, cfg.seed))
+    x = stage2_train_transform(data.train_images[stream].to(device), device_generator(device, cfg.seed),
+                               cfg.autoaugment, cfg.cutout)
     y = data.train_labels[stream].to(device)
     batches = list(zip(torch.split(x, cfg.batch_size), torch.split(y, cfg.batch_size)))
     eval_x = test_transform(torch.cat([data.train_images, data.test_images]).to(device))  # NCM bank + test

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import speed
-from .augment import ApplyDraws, Draws, apply_draws, draw, stage2_train_transform, take_draws
+from .augment import ApplyDraws, Draws, apply_draws, draw, take_draws
 from .centroids import class_centroids
 from .config import Stage2Config
 from .data import LongTailData
@@ -22,12 +22,6 @@ from .model import ResNetCifar, resnet32
 from .sampling import make_sampler
 from .training import (EpochCallback, StageResult, augmented_batches, augmenter, check_finite, clone_state,
                        device_generator, evaluate, extract, improved)
-
-
-def train_augment(cfg: Stage2Config, x: Tensor, gen: torch.Generator,
-                  augment: ApplyDraws = apply_draws) -> Tensor:
-    """Returns the stage-2 training view of a uint8 batch: crop, flip, AutoAugment, Cutout, normalise."""
-    return stage2_train_transform(x, gen, cfg.autoaugment, cfg.cutout, augment)
 
 
 # How the centroid banks draw their views, kept in every resume state: earlier versions drew them per
