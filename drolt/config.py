@@ -15,6 +15,8 @@ import yaml
 from .speed import COMPILE_MODES, PRECISIONS
 
 DATASETS = ("cifar10", "cifar100")
+# Where the data is read from, not what is computed: kept out of unit ids and of comparisons between runs.
+DATA_LOCATION = ("root", "download")
 PROFILES = ("exp", "step")
 MODES = ("faithful", "clean")
 STAGE1_METHODS = ("ce", "ldam_drw")

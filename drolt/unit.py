@@ -26,7 +26,7 @@ import yaml
 
 from .checkpoint import (discard_partial_writes, folder_lock, load_state, read_json, save_state,
                          save_state_keeping_previous, write_json, write_jsonl)
-from .config import DataConfig, Stage1Config, Stage2Config, from_dict
+from .config import DATA_LOCATION, DataConfig, Stage1Config, Stage2Config, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from .model import resnet32
 from .provenance import provenance
@@ -272,8 +272,7 @@ def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
     return results
 
 
-# Where the data is read from does not change the work (as in a grid's unit ids).
-_NOT_THE_WORK = {"data.root", "data.download"}
+_NOT_THE_WORK = {f"data.{key}" for key in DATA_LOCATION}  # as in a grid's unit ids
 
 
 _WEIGHTS_FIX = "pass stage1/model_best.pt or stage1/model_last.pt of a finished CE stage 1 on this dataset"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from drolt.config import (DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config, from_dict,
-                          load_yaml)
+from drolt.config import (DATA_LOCATION, DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config,
+                          from_dict, load_yaml)
 from drolt.data import long_tail_counts
 from drolt.unit import METHODS, UnitConfig, unit_from_dict
 
@@ -289,7 +289,7 @@ def _units_of(grid: Grid, dataset: str, rho: float, subset_seed: int, seed: int,
     data = _checked(DataConfig, {**dataclasses.asdict(grid.data), "dataset": dataset, "rho": rho,
                                  "profile": grid.profile, "subset_seed": subset_seed}, "subset_seeds")
     # Where the files are and whether to download them do not change the work: keep them out of the id.
-    data_key = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("root", "download")}
+    data_key = {k: v for k, v in dataclasses.asdict(data).items() if k not in DATA_LOCATION}
     where = f"methods[{m['name']}]"
     stage1_method = "ldam_drw" if m["name"] == "ldam_drw" else "ce"
     # Stage 1 keeps the best-on-test and the last weights, so faithful and clean share one stage-1 unit.

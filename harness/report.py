@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
+from drolt.config import DATA_LOCATION
 from drolt.metrics import SPLITS
 
 from .grid import Grid, Run, expand
@@ -77,7 +78,7 @@ def _row(grid: Grid, run: Run, units: dict) -> dict:
                  "selected": "best" if run.mode == "faithful" else "last"}
     # Where the files were read from is left out, as it is of the unit id: it does not change the work.
     row.update({f"data_{k}": v for k, v in unit.settings["data"].items()
-                if k not in ("dataset", "rho", "profile", "subset_seed", "root", "download")})
+                if k not in ("dataset", "rho", "profile", "subset_seed", *DATA_LOCATION)})
     for stage in ("stage1", "stage2"):
         row.update({f"{stage}_{k}": _scalar(v) for k, v in unit.settings.get(stage, {}).items()})
     for selection in SELECTIONS:
