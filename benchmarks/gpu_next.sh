@@ -11,9 +11,9 @@
 #      past 8x the reference-style loop (3.99 s)?
 #   3. process packing of stage 1 under MPS (with_mps.sh): 1, 2, 4, 8 processes whose kernels run side by
 #      side instead of taking turns (1.36x at most without MPS). Ray's fractional GPUs with no code change
-#   4. steady stage-1 epochs with fused_sgd alone
-#   5. steady stage-2 epochs with the paper grid's stage-2 settings + graph_step + fused_sgd, then without
-#      them (2.54 s in an earlier call)
+#   4. steady stage-2 epochs with the paper grid's stage-2 settings (2.54 s in an earlier call, before the
+#      centroid bank drew a pass's augmentation at once), then with graph_step + fused_sgd added
+#   5. steady stage-1 epochs with fused_sgd alone
 #   6. a steady stage-1 epoch with graph_step and fused_sgd profiled
 #   Each run prints into a file of its own under $OUT (grid_estimate.py reads one run per file), 8 files at
 #   most (what a device call brings back).
@@ -31,10 +31,10 @@ step 70 steady_stage1_graph_step_fused.txt python3 -m benchmarks.steady_epochs "
 step 70 steady_stage1.txt python3 -m benchmarks.steady_epochs "${STEADY1[@]}"
 step 180 packing_mps.txt bash benchmarks/with_mps.sh python3 -m benchmarks.gpu_packing --counts 1 2 4 8 \
     --window 10 --threads 2 "${FAST1[@]}"
-step 70 steady_stage1_fused.txt python3 -m benchmarks.steady_epochs "${STEADY1[@]}" --set stage1.fused_sgd=true
+step 90 steady_stage2.txt python3 -m benchmarks.steady_epochs "${STEADY2[@]}"
 step 90 steady_stage2_graph_step_fused.txt python3 -m benchmarks.steady_epochs "${STEADY2[@]}" \
     --set stage2.graph_step=true --set stage2.fused_sgd=true
-step 90 steady_stage2.txt python3 -m benchmarks.steady_epochs "${STEADY2[@]}"
+step 70 steady_stage1_fused.txt python3 -m benchmarks.steady_epochs "${STEADY1[@]}" --set stage1.fused_sgd=true
 step 60 profile_stage1.txt python3 -m benchmarks.profile_epoch --device cuda --stage 1 --fraction 0.5 "${FAST1[@]}" \
     --set stage1.warmup_epochs=0 --set stage1.graph_step=true --set stage1.fused_sgd=true
 # The paper grid's estimate from whichever steady runs finished (printed, not a file: 8 files at most come back).
