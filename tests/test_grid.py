@@ -322,6 +322,20 @@ def test_unit_ids_of_earlier_versions_stay_valid():
     assert set(units) == set(recorded.unit_id) | set(recorded.stage1_unit_id)
 
 
+def test_the_paper_grid_is_valid_and_runs_the_published_grid():
+    # experiments/paper_cifar_lt.yaml is the file a user runs to reproduce the paper: it must load, give the
+    # paper's 18 cells x 3 seeds of 4 methods (36 stage-1 units, CE shared with both DRO-LT modes) and
+    # train every unit with the measured speed settings on.
+    repo = Path(__file__).resolve().parents[1]
+    runs, units = expand(load_grid(repo / "experiments" / "paper_cifar_lt.yaml"))
+    assert len(runs) == 72
+    assert sorted(u.stage for u in units.values()) == [1] * 36 + [2] * 36
+    for unit in units.values():
+        config = unit.config()
+        stage = config.stage1 if unit.stage == 1 else config.stage2
+        assert stage.graph_step and stage.fused_sgd and stage.precision == "bf16"
+
+
 def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path):
     from types import SimpleNamespace
 
