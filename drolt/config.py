@@ -61,7 +61,9 @@ class SpeedSettings:
                                   # images); no effect on a CPU
     graph_step: bool = False      # on a GPU, the whole training step of a full batch (forward, loss, backward,
                                   # SGD; stage 2: its feature epochs) replayed from one CUDA graph; `compile`
-                                  # then speeds the evaluation only. No effect on a CPU
+                                  # then speeds the evaluation only (see compile_step). No effect on a CPU
+    compile_step: bool = False    # with graph_step: the recorded step runs the model compiled by torch.compile
+                                  # without CUDA graphs of its own (inductor's fused kernels) instead of eager
     fused_sgd: bool = False       # SGD's update as one fused kernel per step instead of several multi-tensor
                                   # ops: the same formula, less host time per step (which bounds stage 1 on
                                   # an H100: results/benchmarks/h100_profile_stage1_fast.txt)
@@ -70,6 +72,10 @@ class SpeedSettings:
         _choice("precision", self.precision, PRECISIONS)
         _choice("compile_mode", self.compile_mode, COMPILE_MODES)
         _positive(self, "eval_batch_size", "augment_batches")
+        if self.compile_step and not self.graph_step:
+            raise ValueError("compile_step compiles the model for graph_step's recorded training step, and "
+                             "graph_step is off: set graph_step: true as well, or use compile: true to compile "
+                             "the model without recording the step")
 
 
 @dataclass

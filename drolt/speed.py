@@ -50,6 +50,14 @@ def prepare(model: nn.Module, cfg: Stage1Config | Stage2Config) -> Callable[[Ten
     return compiled(model, cfg.compile_mode, sizes=(cfg.batch_size, cfg.eval_batch_size))
 
 
+def step_model(model: nn.Module, cfg: Stage1Config | Stage2Config) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """Returns the model as `graph_step`'s recorded training step runs it: eager, or with `cfg.compile_step`
+    compiled for the training batch size without CUDA graphs of its own. torch.compile's CUDA graphs cannot
+    be recorded inside another graph, but its kernels can: the step's graph then replays inductor's fused
+    kernels instead of the eager model's many small ones. The recording's warm-up run compiles it."""
+    return compiled(model, "default", sizes=(cfg.batch_size,)) if cfg.compile_step else model
+
+
 def compiled(fn: Callable, mode: str = "default", sizes: Optional[Collection[int]] = None) -> Callable:
     """Returns `fn` under torch.compile with static shapes: an epoch has a handful of batch sizes, and static
     graphs are the fast ones (with CUDA graphs, one recorded graph each).

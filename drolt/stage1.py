@@ -35,6 +35,7 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
     torch.manual_seed(cfg.seed)  # model init
     model = resnet32(data.num_classes, cosine_head=ldam).to(device)
     net = speed.prepare(model, cfg)
+    step_net = speed.step_model(model, cfg)
     optimizer = speed.sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.fused_sgd)
     sampler = ShuffledEpochs(len(data.train_labels), cfg.seed)
     aug_gen = device_generator(device, cfg.seed)
@@ -42,10 +43,10 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
     augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches,))
 
     def train_step(x: Tensor, y: Tensor, weights: Optional[Tensor]) -> Tensor:
-        # In a CUDA graph the model runs its own kernels (torch.compile's graphs cannot be recorded inside
-        # another), and autocast casts the weights anew in every replay instead of caching the casts.
+        # In a CUDA graph the model runs without torch.compile's CUDA graphs, which cannot be recorded inside
+        # another, and autocast casts the weights anew in every replay instead of caching the casts.
         with speed.autocast(device, cfg.precision, cache=not cfg.graph_step):
-            _, logits = (model if cfg.graph_step else net)(x)
+            _, logits = (step_net if cfg.graph_step else net)(x)
             loss = ldam_loss(logits, y, margins, weights=weights) if ldam else F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)  # in a recording: the gradients live in the graph's memory
         loss.backward()

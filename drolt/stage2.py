@@ -41,6 +41,7 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     model: ResNetCifar = resnet32(C).to(device)
     model.load_state_dict(stage1_state)
     net = speed.prepare(model, cfg)
+    step_net = speed.step_model(model, cfg)
     eps = nn.Parameter(torch.full((C,), cfg.eps_init, device=device))  # learned radii, one per class
     backbone = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
     opt_features = speed.sgd(backbone + [eps], cfg.feature_lr, cfg.momentum, cfg.weight_decay, cfg.fused_sgd)
@@ -55,10 +56,10 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
     augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches, cfg.eval_batch_size))
 
     def train_step(x: Tensor, y: Tensor, centroids: Tensor) -> Tensor:
-        # In a CUDA graph the model runs its own kernels (torch.compile's graphs cannot be recorded inside
-        # another), and autocast casts the weights anew in every replay instead of caching the casts.
+        # In a CUDA graph the model runs without torch.compile's CUDA graphs, which cannot be recorded inside
+        # another, and autocast casts the weights anew in every replay instead of caching the casts.
         with speed.autocast(device, cfg.precision, cache=not cfg.graph_step):
-            z, logits = (model if cfg.graph_step else net)(x)
+            z, logits = (step_net if cfg.graph_step else net)(x)
             losses = loss_fn(z, logits, y, centroids, eps, ce_weights, cfg.temperature, cfg.mode, cfg.ce_weight,
                              cfg.robust_weight)
         opt_features.zero_grad(set_to_none=True)  # in a recording: the gradients live in the graph's memory

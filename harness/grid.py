@@ -258,7 +258,7 @@ def _method_label(m: dict) -> str:
 # Stage settings that enter a unit's id only away from their default: they came after storage folders were
 # written whose ids must stay valid (and augment_batches and graph_augment give the same images either way).
 ID_IF_CHANGED = {"augment_batches": 8, "compile_mode": "default", "compile_loss": False, "graph_augment": False,
-                 "graph_step": False, "fused_sgd": False, "ncm_every": 1}
+                 "graph_step": False, "compile_step": False, "fused_sgd": False, "ncm_every": 1}
 
 
 def _identity(config: Any) -> dict:

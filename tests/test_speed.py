@@ -97,6 +97,38 @@ def test_compiled_stage_2_losses_give_the_plain_feature_epoch(small):
     assert compiled["radii"] == pytest.approx(plain["radii"], rel=1e-3)
 
 
+def test_compile_step_records_the_compiled_model_in_both_stages(small, fake_cuda_graphs):
+    # graph_step's recorded step runs the model compiled (on a GPU its kernels go into the step's graph);
+    # stand-in graphs rerun the step on each full batch. It trains as `compile` does, which
+    # test_a_compiled_stage_1_epoch_gives_the_plain_epoch_record compares with the plain path.
+    cfg1 = dict(epochs=2, batch_size=28, lr=0.01, warmup_epochs=1, eval_batch_size=36)
+    compiled_1 = train_stage1(Stage1Config(**cfg1, compile=True), small, CPU)
+    torch._dynamo.reset()
+    counters.clear()
+    step_1 = train_stage1(Stage1Config(**cfg1, graph_step=True, compile_step=True), small, CPU)
+    # Only the step ran compiled, at the training batch size; the short last batch and the evaluation eagerly.
+    assert counters["stats"]["unique_graphs"] == 1
+    # Stage 2 with `compile` in both runs, so that their centroid banks come from the same compiled pass.
+    cfg2 = dict(epochs=2, classifier_epochs=0, batch_size=28, eval_batch_size=36, compile=True)
+    compiled_2 = train_stage2(Stage2Config(**cfg2), small, compiled_1.last_state, CPU)
+    step_2 = train_stage2(Stage2Config(**cfg2, graph_step=True, compile_step=True), small, compiled_1.last_state,
+                          CPU)
+    for compiled, stepped, keys in ((compiled_1, step_1, ("train_loss",)),
+                                    (compiled_2, step_2, ("loss", "robust_loss"))):
+        for a, b in zip(compiled.history, stepped.history, strict=True):
+            for key in keys:
+                assert b[key] == pytest.approx(a[key], rel=1e-6), key
+            assert b["top1"] == a["top1"] and b["ncm_top1"] == a["ncm_top1"]
+    assert step_2.last["radii"] == pytest.approx(compiled_2.last["radii"], rel=1e-6)
+    # one recording per stage (stage 1's learning rate is the same in both epochs), replayed batch by batch
+    assert len(fake_cuda_graphs) == 2 and all(g.replays > 1 for g in fake_cuda_graphs)
+
+
+def test_compile_step_without_graph_step_is_rejected_with_the_fix():
+    with pytest.raises(ValueError, match="graph_step: true"):
+        Stage2Config(compile_step=True).validate()
+
+
 def test_fused_sgd_gives_the_plain_updates_in_both_stages(small):
     # One fused kernel computes SGD's formula: the same losses and, to float32 rounding, the same weights.
     cfg1 = dict(epochs=2, batch_size=32, lr=0.01, warmup_epochs=1)
