@@ -24,7 +24,7 @@ from drolt.config import DATA_LOCATION
 from drolt.metrics import SPLITS
 
 from .grid import Grid, Run, expand
-from .published import load_published, published
+from .published import published
 from .storage import is_done, unit_result
 
 METHOD_ORDER = ("ce", "ldam_drw", "dro_lt_faithful", "dro_lt_clean")
@@ -371,7 +371,8 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     written += figures
     for note in skipped:
         log(f"report: skipped {note}")
-    write("report.md", _markdown_report(grid, frame, tables, missing, figures, skipped, compare))
+    sources = _sources_shown(frame, methods, cells, compare)
+    write("report.md", _markdown_report(grid, frame, tables, missing, figures, skipped, compare, sources))
     _remove_stale(out, written, [*(f"{s}.{e}" for s in TABLES for e in ("tex", "csv")), "missing.txt",
                                  "runs.parquet", *FIGURES])
     log(f"report: {len(frame)} of {len(frame) + len(missing)} runs finished; {len(written)} files in {out}")
@@ -399,8 +400,19 @@ def _run_label(run: Run) -> str:
             f"{METHOD_NAMES.get(run.method, run.method)}")
 
 
+def _sources_shown(frame: pd.DataFrame, methods: list[str], cells: list[tuple[str, float]], compare: bool
+                   ) -> list[str]:
+    """Returns the sources of the published numbers the tables print: every comparable cell of the grid, also
+    one whose runs have not finished (its paper column is shown all the same)."""
+    if not compare:
+        return []
+    incomparable = _incomparable_cells(frame)
+    return sorted({pub.source for dataset, rho in cells if (dataset, rho) not in incomparable for method in methods
+                   for split in ("all", *SPLITS) if (pub := published(dataset, rho, method, split))})
+
+
 def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: list[Run], figures: list[Path],
-                     skipped: list[str], compare: bool) -> str:
+                     skipped: list[str], compare: bool, sources: list[str]) -> str:
     total = len(frame) + len(missing)
     parts = [f"# Grid `{grid.name}`\n\n",
              f"Built from the records in `{_shown(grid.storage)}` for `{grid.path.name}` alone (no training). "
@@ -417,7 +429,6 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
     for stem, (what, *_) in TABLES.items():
         parts.append(f"\n## {what[0].upper()}{what[1:]}\n\n")
         parts.append(to_markdown(tables[stem]))
-    sources = sorted(set(load_published()["source"]) & set(summarize(frame, compare)["source"]))
     if sources:
         parts.append("\nPublished numbers: " + "; ".join(sources) + ".\n")
     parts.append("\n## Figures\n\n")

@@ -221,6 +221,16 @@ def test_a_grid_the_published_numbers_do_not_describe_gets_no_comparison_before_
     assert "38.32" not in (tmp_path / "out" / "report.md").read_text()  # CE's published rho-100 number
 
 
+def test_every_published_number_the_report_prints_has_its_source_listed_also_before_runs_finish(tmp_path):
+    # Paper columns are shown for every comparable cell of the grid, finished or not: their sources too.
+    (tmp_path / "tiny.yaml").write_text(GRID)
+    write_report(load_grid(tmp_path / "tiny.yaml"), tmp_path / "out", log=None)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "38.32" in report  # CE's published CIFAR-100-LT rho-100 top-1
+    listed = next(line for line in report.splitlines() if line.startswith("Published numbers: "))
+    assert "Table 2" in listed and "Awesome-Long-Tailed" in listed  # overall top-1, and DRO-LT's shot splits
+
+
 def test_a_report_says_when_its_cells_pool_several_long_tailed_subsets(tmp_path):
     (tmp_path / "two.yaml").write_text(GRID.replace("name: tiny", "name: two\nsubset_seeds: [0, 1]"))
     write_report(load_grid(tmp_path / "two.yaml"), tmp_path / "out", log=lambda line: None)
