@@ -167,7 +167,7 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
                # Summed over epochs, so a resumed stage still reports its whole training time.
                "wall_time_s": sum(r["epoch_time"] for r in result.history),
                "started_at": t0, "finished_at": time.time(),
-               "provenance": provenance(device, data.source)}
+               "provenance": provenance(device, data.source, cfg.precision)}
     write_json(folder / "result.json", summary)
     (folder / "done").touch()
     return summary

@@ -23,7 +23,7 @@ def _history(folder):
 
 def test_train_writes_both_stages_records_and_prints_a_line_per_epoch(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(tmp_path, out) == 0
+    assert _train(tmp_path, out, "--set", "stage2.precision=bf16") == 0
     printed = capsys.readouterr().out
     assert printed.count("stage 1 epoch") == 2 and printed.count("stage 2 ") >= 2
     # TINY shortens stage 1 to 2 epochs and keeps the reference's decay epochs: said, not silent
@@ -34,6 +34,9 @@ def test_train_writes_both_stages_records_and_prints_a_line_per_epoch(tmp_path, 
     result = json.loads((out / "stage2" / "result.json").read_text())
     assert result["selected"] == "best" and {"last", "best", "reported", "config", "provenance"} <= result.keys()
     assert result["provenance"]["data_source"] == "synthetic"
+    # each stage's record says the precision it computed in (the report's provenance column shows it)
+    assert result["provenance"]["precision"] == "bf16"
+    assert json.loads((out / "stage1" / "result.json").read_text())["provenance"]["precision"] == "fp32"
     assert "method: dro_lt" in (out / "unit.yaml").read_text()
 
 
