@@ -32,7 +32,9 @@ METHOD_NAMES = {"ce": "CE", "ldam_drw": "LDAM-DRW", "dro_lt_faithful": "DRO-LT (
                 "dro_lt_clean": "DRO-LT (clean)"}
 DATASET_NAMES = {"cifar10": "CIFAR-10-LT", "cifar100": "CIFAR-100-LT"}
 SELECTIONS = {"last": "final epoch", "best": "best epoch on test"}
-ACCURACIES = ("top1", "ncm")  # test accuracy of the classifier, and of nearest-centroid prediction (NCM)
+# Test accuracy of the classifier (top-1, top-5) and of nearest-centroid prediction (NCM); top-5 has no
+# many / medium / few values (the splits average per-class top-1).
+ACCURACIES = ("top1", "top5", "ncm")
 METRICS = ("top1", "top5", "many", "medium", "few", "many_n", "medium_n", "few_n",
            "ncm_top1", "ncm_many", "ncm_medium", "ncm_few")
 PROVENANCE = ("code_version", "torch_version", "device", "precision", "data_source")
@@ -118,7 +120,7 @@ def summarize(frame: pd.DataFrame, compare: bool = True) -> pd.DataFrame:
     for (dataset, rho, method), group in frame.groupby(["dataset", "rho", "method"], sort=False):
         for selection in SELECTIONS:
             for metric in ACCURACIES:
-                for split in ("all", *SPLITS):
+                for split in _splits(metric):
                     values = group[_metric(selection, split, metric)].astype(float).dropna()
                     mean = values.mean() if len(values) else math.nan
                     pub = (published(dataset, rho, method, split)
@@ -155,26 +157,34 @@ def _incomparable_cells(frame: pd.DataFrame) -> set[tuple[str, float]]:
     return set(zip(frame.loc[other, "dataset"], frame.loc[other, "rho"]))
 
 
+def _splits(metric: str) -> tuple[str, ...]:
+    return ("all",) if metric == "top5" else ("all", *SPLITS)
+
+
 def _metric(selection: str, split: str, metric: str = "top1") -> str:
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
-    if split not in ("all", *SPLITS):
-        raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
     if metric not in ACCURACIES:
         raise ValueError(f"metric must be one of {', '.join(ACCURACIES)}; got {metric!r}")
+    if split not in _splits(metric):
+        raise ValueError(f"split must be one of {', '.join(_splits(metric))} for {metric}; got {split!r}")
+    if metric == "top5":
+        return f"{selection}_top5"
     prefix = "" if metric == "top1" else f"{metric}_"
     return f"{selection}_{prefix}{'top1' if split == 'all' else split}"
 
 
 def paper_table(frame: pd.DataFrame, split: str = "all", selection: str = "last",
                 methods: Optional[Sequence[str]] = None,
-                cells: Optional[Sequence[tuple[str, float]]] = None, compare: bool = True) -> pd.DataFrame:
-    """Returns the methods x (dataset, rho) table of "mean ± std (n=k)" strings, with paper and Δ columns.
+                cells: Optional[Sequence[tuple[str, float]]] = None, compare: bool = True,
+                metric: str = "top1") -> pd.DataFrame:
+    """Returns the methods x (dataset, rho) table of "mean ± std (n=k)" strings, with paper and Δ columns
+    (top-1 only: the published numbers are top-1).
 
     `methods` and `cells` default to those in the frame; pass the grid's to show unfinished ones as "–".
     `compare=False` leaves the paper and Δ columns out (see `summarize`).
     """
-    return _table(frame, [split], selection, methods, cells, compare=compare).droplevel("split")
+    return _table(frame, [split], selection, methods, cells, metric, compare).droplevel("split")
 
 
 def shot_table(frame: pd.DataFrame, selection: str = "last", methods: Optional[Sequence[str]] = None,
@@ -321,10 +331,12 @@ def to_csv(table: pd.DataFrame) -> str:
 _OPTIMISTIC = "best epoch on test (selected on the test set: optimistic)"
 TABLES = {  # file stem: (what, selection, metric)
     "top1_last": ("top-1 accuracy (%), final epoch", "last", "top1"),
+    "top5_last": ("top-5 accuracy (%), final epoch", "last", "top5"),
     "shots_last": ("many / medium / few-shot accuracy (%), final epoch", "last", "top1"),
     "ncm_last": ("nearest-centroid (NCM) accuracy (%), overall and many / medium / few, final epoch", "last",
                  "ncm"),
     "top1_best": (f"top-1 accuracy (%), {_OPTIMISTIC}", "best", "top1"),
+    "top5_best": (f"top-5 accuracy (%), {_OPTIMISTIC}", "best", "top5"),
     "shots_best": (f"many / medium / few-shot accuracy (%), {_OPTIMISTIC}", "best", "top1"),
     "ncm_best": (f"nearest-centroid (NCM) accuracy (%), overall and many / medium / few, {_OPTIMISTIC}", "best",
                  "ncm"),
@@ -358,8 +370,9 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     write("summary.csv", summarize(frame, compare).round({"mean": 4, "std": 4, "delta": 4}).to_csv(index=False))
     tables = {}
     for stem, (what, selection, metric) in TABLES.items():
-        if stem.startswith("top1"):
-            tables[stem] = paper_table(frame, selection=selection, methods=methods, cells=cells, compare=compare)
+        if stem.startswith(("top1", "top5")):
+            tables[stem] = paper_table(frame, selection=selection, methods=methods, cells=cells, compare=compare,
+                                       metric=metric)
         else:
             tables[stem] = shot_table(frame, selection, methods, cells, metric, compare)
         write(f"{stem}.tex", to_latex(tables[stem], f"{grid.name}: {what}, mean ± std over seeds",

@@ -7,6 +7,7 @@ for a CIFAR-100-LT grid (official data: 35/35/30 classes at rho 100, 69/31/0 at 
 import json
 import math
 
+import pandas as pd
 import pytest
 
 from drolt.metrics import split_accuracies
@@ -249,6 +250,18 @@ def test_ncm_accuracy_is_tabled_overall_and_per_split_without_published_numbers(
     assert "NCM) accuracy (%), overall and many / medium / few, final epoch" in (
         tmp_path / "out" / "report.md").read_text()
     assert (tmp_path / "out" / "ncm_best.tex").exists()
+
+
+def test_top5_accuracy_is_tabled_and_summarised_without_published_numbers(grid, tmp_path):
+    # SPEC 5 reports top-1 and top-5; the published numbers are top-1 only.
+    table = paper_table(build_frame(grid), metric="top5")
+    assert table.loc["CE", ("CIFAR-100-LT", "ρ=100", "ours")] == "61.00 ± 1.41 (n=2)"  # final top-1 + 20
+    assert {c[2] for c in table.columns} == {"ours"}
+    write_report(grid, tmp_path / "out", log=lambda line: None)
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    top5 = summary[(summary["metric"] == "top5") & (summary["selection"] == "last")]
+    assert set(top5["split"]) == {"all"} and top5["published"].isna().all()
+    assert "## Top-5 accuracy (%), final epoch" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_report_names_the_storage_relative_to_where_it_was_built(grid, tmp_path, monkeypatch):
