@@ -436,6 +436,11 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
                 if not compare or _incomparable_cells(frame) else "")
              + ". The headline tables take every run's final epoch; faithful mode's own choice (the reference's) "
              "is the best epoch on test, shown in the tables labelled so.\n"]
+    unofficial = int((frame["data_source"] == "unofficial").sum()) if "data_source" in frame else 0
+    if unofficial:
+        parts.append(f"\n**{unofficial} run(s) read data files that are not the official release** (their md5 "
+                     "sums differ, e.g. a re-encoded copy): their accuracies can differ slightly from ones measured "
+                     "on the official files, which the published numbers were.\n\n")
     if missing:
         parts.append(f"**Missing: {len(missing)} run(s) not finished**, listed in `missing.txt`:\n\n")
         parts.append("".join(f"- {_run_label(r)} (unit `{r.unit_id}`)\n" for r in missing))

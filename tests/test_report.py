@@ -264,6 +264,18 @@ def test_top5_accuracy_is_tabled_and_summarised_without_published_numbers(grid, 
     assert "## Top-5 accuracy (%), final epoch" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_a_report_says_when_runs_read_data_that_is_not_the_official_release(grid, tmp_path):
+    # e.g. a re-encoded CIFAR copy: still compared with the paper, but the report must say so
+    for unit_id in {run.unit_id for run in expand(grid)[0] if run.method == "ce"}:
+        path = grid.storage / unit_id / "result.json"
+        result = json.loads(path.read_text())
+        result["provenance"]["data_source"] = "unofficial"
+        path.write_text(json.dumps(result))
+    write_report(grid, tmp_path / "out", log=lambda line: None)
+    assert "**4 run(s) read data files that are not the official release**" in (
+        tmp_path / "out" / "report.md").read_text()
+
+
 def test_report_names_the_storage_relative_to_where_it_was_built(grid, tmp_path, monkeypatch):
     # Reports get committed and shared: a storage below the working directory is named without this machine's path.
     monkeypatch.chdir(grid.storage.parent)
