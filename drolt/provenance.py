@@ -10,13 +10,19 @@ import torch
 _REPO = Path(__file__).resolve().parent.parent
 
 
-def code_version() -> str:
-    """Returns the git commit of this checkout (with "+dirty" when it has uncommitted changes), or "unknown"."""
+# Outputs, not code: `make run` rewrites the committed example report under results/, and that must not mark
+# every later run's code as changed.
+_NOT_CODE = (":(exclude)results",)
+
+
+def code_version(repo: Path = _REPO) -> str:
+    """Returns the git commit of the checkout at `repo` (with "+dirty" when its code has uncommitted changes),
+    or "unknown"."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=_REPO, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE],
+                               cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

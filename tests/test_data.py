@@ -369,3 +369,26 @@ def test_synthetic_cifar100_carries_fine_and_coarse_labels(synthetic_cifar_root)
     meta = pickle.loads((folder / "meta").read_bytes(), encoding="latin1")
     assert len(train["fine_labels"]) == len(train["coarse_labels"]) == 10000
     assert max(train["coarse_labels"]) == 19 and len(meta["coarse_label_names"]) == 20
+
+
+def test_code_version_marks_changed_code_not_rewritten_results(tmp_path):
+    # `make run` rewrites the committed example report under results/: later runs' code is still the commit.
+    import subprocess
+
+    from drolt.provenance import code_version
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "report.md").write_text("old\n")
+    (tmp_path / "train.py").write_text("lr = 0.1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    commit = code_version(tmp_path)
+    assert len(commit) == 12 and not commit.endswith("+dirty")
+    (tmp_path / "results" / "report.md").write_text("rebuilt\n")
+    assert code_version(tmp_path) == commit
+    (tmp_path / "train.py").write_text("lr = 0.2\n")
+    assert code_version(tmp_path) == commit + "+dirty"
