@@ -6,6 +6,7 @@ names the key, so a typo in a YAML file or a flag stops the run before any work.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -109,11 +110,17 @@ class Stage1Config(SpeedSettings):
 
     def warnings(self) -> list[str]:
         """Returns what the schedule does that a shortened run may not expect (legal, so not an error)."""
+        found = []
         late = [e for e in self.lr_decay_epochs if e >= self.epochs]
-        if not late:
-            return []
-        return [f"stage1.lr_decay_epochs {late} fall at or after the last of {self.epochs} epochs: the learning "
-                "rate does not decay there (set stage1.lr_decay_epochs for a shortened schedule)"]
+        if late:
+            found.append(f"stage1.lr_decay_epochs {late} fall at or after the last of {self.epochs} epochs: the "
+                         "learning rate does not decay there (set stage1.lr_decay_epochs for a shortened schedule)")
+        if self.warmup_epochs > self.epochs:
+            found.append(f"stage1.warmup_epochs {self.warmup_epochs} outlasts the {self.epochs} epochs: the learning "
+                         f"rate never reaches stage1.lr {self.lr:g} (it ends at "
+                         f"{self.lr * self.epochs / self.warmup_epochs:g}; set stage1.warmup_epochs for a shortened "
+                         "schedule)")
+        return found
 
 
 @dataclass
@@ -190,15 +197,23 @@ def from_dict(cls: type, values: dict[str, Any] | None, where: str = "") -> Any:
     """Returns a validated `cls` built from `values`; unknown keys and wrong types raise ValueError."""
     values = dict(values or {})
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}{_at(where)}; allowed: {', '.join(names)}")
+    check_keys(cls, values, where)
     for key, value in values.items():
         values[key] = _coerce(key, value, hints[key], where)
     config = cls(**values)
     config.validate()
     return config
+
+
+def check_keys(cls: type, values: dict, where: str = "") -> None:
+    """Raises ValueError naming the keys of `values` that are no setting of `cls`, each with the closest
+    setting's name when one is close (a typo), and the allowed names."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        guesses = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in
+                                        difflib.get_close_matches(key, names, n=1)) for key in unknown]
+        raise ValueError(f"unknown setting(s) {', '.join(guesses)}{_at(where)}; allowed: {', '.join(names)}")
 
 
 def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:

@@ -70,9 +70,9 @@ def unit_from_dict(values: dict, where: str = "unit") -> UnitConfig:
     if (stage1["method"] == "ldam_drw") != (method == "ldam_drw"):
         raise ValueError(f"stage1.method {stage1['method']!r} does not fit method {method!r} in {where}")
     return UnitConfig(method=method,
-                      data=from_dict(DataConfig, values.get("data"), f"{where}.data"),
-                      stage1=from_dict(Stage1Config, stage1, f"{where}.stage1"),
-                      stage2=from_dict(Stage2Config, values.get("stage2"), f"{where}.stage2"))
+                      data=from_dict(DataConfig, values.get("data"), f"data of {where}"),
+                      stage1=from_dict(Stage1Config, stage1, f"stage1 of {where}"),
+                      stage2=from_dict(Stage2Config, values.get("stage2"), f"stage2 of {where}"))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

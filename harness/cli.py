@@ -84,10 +84,15 @@ def train_settings(args: argparse.Namespace) -> tuple[dict, Path, str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     tree, out, device_name = train_settings(args)
-    unit = unit_from_dict(tree, where=str(args.config or "flags"))
+    unit = unit_from_dict(tree, where=f"{args.config} and the command line" if args.config else "the command line")
     device = resolve_device(device_name)
-    print(f"drolt train: method {unit.method}, stages {unit.stages()}, device {device}, output {out.resolve()}",
+    stages = (2,) if args.stage1_weights else unit.stages()
+    print(f"drolt train: method {unit.method}, stages {stages}, device {device}, output {out.resolve()}",
           flush=True)
+    # --mode and --seed set both stages; anything else under stage2 was asked for by name
+    ignored = sorted(set(tree.get("stage2") or {}) - {"mode", "seed"}) if 2 not in unit.stages() else []
+    if ignored:
+        print(f"warning: {unit.method} trains stage 1 only, so stage2 settings {ignored} have no effect", flush=True)
     results = run_unit(unit, out, device, log=lambda line: print(line, flush=True),
                        stage1_weights=args.stage1_weights)
     for stage, result in results.items():

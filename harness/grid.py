@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from drolt.config import (DATA_LOCATION, DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config,
-                          from_dict, load_yaml)
+                          check_keys, from_dict, load_yaml)
 from drolt.data import long_tail_counts
 from drolt.unit import METHODS, UnitConfig, unit_from_dict
 
@@ -144,8 +144,13 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
                 results=(here / _typed(raw, "results", str, "../results")).resolve() / name)
     if grid.max_failures < 0:
         raise GridError(f"max_failures must be >= 0; got {grid.max_failures}")
-    # Checked here too, so a typo under stage2 is caught even when no method has a stage 2.
+    # Checked here too, so a typo under stage2 is caught even when no method has a stage 2, and one under
+    # stage1 is named where it was written, not in the first method it reaches.
     _checked(Stage2Config, {**grid.stage2, "mode": "faithful"}, "stage2")
+    try:
+        check_keys(Stage1Config, grid.stage1, "stage1")
+    except ValueError as err:
+        raise GridError(str(err)) from None
     _check_class_sizes(grid)
     grid.cpus, grid.gpus = _resources(raw.get("resources", {}))
     expand(grid)  # resolves every unit's settings, so bad stage overrides stop here, before any work

@@ -351,6 +351,9 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     out = Path(out_dir).expanduser().resolve() if out_dir else grid.results
     out.mkdir(parents=True, exist_ok=True)
     frame = build_frame(grid)
+    if frame.empty:
+        log(f"report: no finished run of this grid in {grid.storage}, so the tables are empty; pass the --storage "
+            "that its `drolt run` used")
     missing = missing_runs(grid)
     methods = [m for m in METHOD_ORDER if m in {run.method for run in expand(grid)[0]}]
     cells = [(d, r) for d in grid.datasets for r in sorted(grid.rhos, reverse=True)]

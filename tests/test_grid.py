@@ -60,6 +60,9 @@ INVALID = {
     "stage2_override_typo": ({"stage2": {"temprature": 1}}, ["'temprature'", "stage2", "allowed", "temperature"]),
     "method_stage1_override_typo": ({"methods": [{"name": "ce", "stage1": {"epoch": 3}}]},
                                     ["'epoch'", "stage1", "allowed", "epochs"]),
+    # named where it was written, with the closest setting: not "in methods[ce].stage1"
+    "stage1_override_typo": ({"stage1": {"lr_decay_epoch": [5]}},
+                             ["'lr_decay_epoch' (did you mean 'lr_decay_epochs'?) in stage1;", "allowed"]),
     "stage1_setting_wrong_type": ({"stage1": {"epochs": "ten"}}, ["'epochs'", "int", "ten"]),
     "stage1_zero_epochs": ({"stage1": {"epochs": 0}}, ["epochs", "> 0", "0"]),
     "stage2_classifier_epochs_over_epochs": ({"stage2": {"epochs": 2, "classifier_epochs": 3}},
@@ -295,6 +298,16 @@ def test_status_shows_done_failed_with_reason_interrupted_waiting_and_pending(tm
     assert lines[label.format(1, "stage2 dro_lt faithful")].split()[:2] == ["waiting", "0/2"]   # stage 1 is not
     assert lines[label.format(1, "stage1 ldam_drw")].split()[0] == "pending"
     assert out.splitlines()[-1] == "total: 1 done, 1 failed, 1 interrupted, 2 pending, 1 waiting of 6 units"
+
+
+def test_status_and_report_of_a_grid_with_nothing_in_its_storage_say_where_they_looked(tmp_path, capsys):
+    # e.g. `drolt run --storage elsewhere` followed by `drolt status` without it
+    path = _write(tmp_path / "grid.yaml")
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith(f"nothing of this grid is in {load_grid(path).storage} yet")
+    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
+    assert "report: no finished run of this grid in" in capsys.readouterr().out
 
 
 def test_status_tells_running_from_queued_units_while_a_drolt_run_holds_the_storage(tmp_path, capsys):

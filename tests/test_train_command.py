@@ -122,7 +122,7 @@ def test_stage1_weights_must_be_a_stage_1_models_weights_and_stay_the_same_in_on
         err = capsys.readouterr().err
         assert words in err and "stage1/model_best.pt or stage1/model_last.pt" in err and "Traceback" not in err
     assert _train(tmp_path, tmp_path / "s2", "--stage1-weights", str(first / "stage1/model_best.pt")) == 0
-    capsys.readouterr()
+    assert "stages (2,)" in capsys.readouterr().out  # stage 1 is given, not trained
     # Other weights into the same folder would resume or reuse a stage 2 they did not start.
     assert (first / "stage1/model_best.pt").read_bytes() != (first / "stage1/model_last.pt").read_bytes()
     assert _train(tmp_path, tmp_path / "s2", "--stage1-weights", str(first / "stage1/model_last.pt")) == 2
@@ -155,8 +155,14 @@ def test_a_stage_2_started_before_banks_drew_views_per_pass_resumes_with_a_warni
 def test_unknown_setting_is_rejected_naming_the_key(tmp_path, capsys):
     assert _train(tmp_path, tmp_path / "run", "--set", "stage2.temprature=0.5") == 2
     err = capsys.readouterr().err
-    assert "temprature" in err and "temperature" in err
+    assert "'temprature' (did you mean 'temperature'?) in stage2 of the command line" in err
     assert not (tmp_path / "run" / "stage1").exists()
+
+
+def test_stage_2_settings_for_a_one_stage_method_are_named_as_having_no_effect(tmp_path, capsys):
+    assert _train(tmp_path, tmp_path / "run", "--method", "ce", "--set", "stage2.temperature=0.5") == 0
+    out = capsys.readouterr().out
+    assert "warning: ce trains stage 1 only, so stage2 settings [" in out and "'temperature'] have no effect" in out
 
 
 def test_missing_data_folder_is_a_clear_error_not_a_traceback(tmp_path, capsys):

@@ -271,3 +271,11 @@ def test_classifier_epochs_train_on_the_pass_and_views_the_reference_gives_them(
     train_stage2(s2(epochs=3, classifier_epochs=1), tiny, stage1_weights, CPU)
     classifier_stream, classifier_gen = seen["classifier_epoch"]
     assert torch.equal(classifier_stream, feature_stream) and torch.equal(classifier_gen, feature_gen)
+
+
+def test_a_shortened_schedule_warns_of_the_decay_and_warm_up_it_never_finishes():
+    # e.g. --stage1-epochs 3 with the reference's 5 warm-up epochs and decay at 160 and 180: legal, but said
+    found = s1(epochs=3, warmup_epochs=5).warnings()
+    assert any("lr_decay_epochs [160, 180] fall at or after the last of 3 epochs" in w for w in found)
+    assert any("warmup_epochs 5 outlasts the 3 epochs" in w and "ends at 0.06" in w for w in found)
+    assert s1(epochs=3, warmup_epochs=3, lr_decay_epochs=[2]).warnings() == []

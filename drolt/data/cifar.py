@@ -115,10 +115,14 @@ def _missing_files(rel: Release, folder: Path) -> list[str]:
     return [f for f in [*rel.train, *rel.test, rel.meta] if not (folder / f).is_file()]
 
 
+# How a user asks for the download, in each of the ways drolt is run.
+DOWNLOAD = "--download for drolt train, data: {download: true} in a grid or config file"
+
+
 def _not_found_message(rel: Release, root: Path, folder: Path, missing: list[str]) -> str:
     hint = f" ({root} is itself named {rel.folder}: pass its parent {root.parent}.)" if root.name == rel.folder else ""
     return (f"{rel.title} not found: looked in {folder} (missing: {', '.join(missing)}). Pass download=True "
-            f"(--download on the command line) to fetch the official release into {root}, or point the data "
+            f"({DOWNLOAD}) to fetch the official release into {root}, or point the data "
             f"folder to the directory that contains {rel.folder}/.{hint}")
 
 
@@ -146,7 +150,7 @@ def _read_split(rel: Release, folder: Path, files: dict[str, str],
 
 
 def _fix(path: Path) -> str:
-    return f"Delete {path.parent} and download it again (download=True / --download)."
+    return f"Delete {path.parent} and download it again ({DOWNLOAD})."
 
 
 def _unpickle(path: Path) -> tuple[dict, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cifar import DataError, load_cifar
+from .cifar import DOWNLOAD, DataError, load_cifar
 
 PROFILES = ("exp", "step")
 
@@ -92,7 +92,7 @@ def load_long_tail(name: str, root: str | Path, rho: float, profile: str = "exp"
         if per_class.min() != per_class.max():
             raise DataError(f"the {name} {split} set under {root} has unequal class sizes ({per_class.min()} to "
                             f"{per_class.max()}); the official release has equal sizes. Delete the dataset "
-                            "folder and download it again (download=True / --download).")
+                            f"folder and download it again ({DOWNLOAD}).")
     n_max = len(splits.train_labels) // splits.num_classes
     counts = long_tail_counts(splits.num_classes, n_max, 1 / rho, profile)
     if min(counts) == 0:
