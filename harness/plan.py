@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from drolt.data import missing_data
+
 from .grid import Grid, Run, Unit, expand
 from .storage import UnitState, read_state
 
@@ -30,6 +32,10 @@ class Plan:
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
         warnings = {w for u in self.units.values() if u.stage == 1 for w in u.config().stage1.warnings()}
+        # the run would stop at its start for want of data: said now, not after the plan looked fine
+        warnings |= {problem for u in self.units.values() if self.states[u.id].status != "done"
+                     and not (data := u.config().data).synthetic
+                     and (problem := missing_data(data.dataset, data.root, data.download))}
         lines += [f"  warning: {w}" for w in sorted(warnings)]
         for status in ("done", "partial", "failed", "pending"):
             units = [u for u in self.units.values() if self.states[u.id].status == status]

@@ -250,6 +250,18 @@ def test_dry_run_prints_units_to_run_and_done_and_writes_nothing(tmp_path, capsy
     assert not (tmp_path / "fresh").exists()
 
 
+def test_dry_run_warns_when_the_data_is_missing_and_no_download_is_asked_for(tmp_path, capsys):
+    # otherwise the plan looks fine and the real run stops at its start
+    path = _write(tmp_path / "grid.yaml", {"data": {"root": "nowhere"}})
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: CIFAR-10 not found: looked in {tmp_path / 'nowhere'}" in out
+    assert "data: {download: true} in a grid" in out
+    _write(tmp_path / "grid.yaml", {"data": {"root": "nowhere", "download": True}})
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert "not found" not in capsys.readouterr().out
+
+
 def test_dry_run_lists_interrupted_units_with_their_epoch_and_failed_ones_with_their_reason(tmp_path, capsys):
     path = _write(tmp_path / "grid.yaml", {"methods": ["ce", "ldam_drw"],
                                            "stage1": {"epochs": 5, "drw_start_epoch": 4}})

@@ -7,6 +7,7 @@ import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -88,12 +89,12 @@ def fetch_archive(url: str, root: Path, filename: str, md5: str) -> None:
 
 def load_cifar(name: str, root: str | Path, download: bool = False) -> CifarSplits:
     """Returns the train and test splits read from <root>/cifar-10-batches-py/ or <root>/cifar-100-python/."""
+    if problem := missing_data(name, root, download):
+        raise DataError(problem)
     rel = release(name)
     root = Path(root).expanduser()
     folder = root / rel.folder
-    if missing := _missing_files(rel, folder):
-        if not download:
-            raise DataError(_not_found_message(rel, root, folder, missing))
+    if _missing_files(rel, folder):
         _download(rel, root)
         if missing := _missing_files(rel, folder):
             raise DataError(f"the {rel.title} download into {root} finished but {folder} still lacks "
@@ -109,6 +110,14 @@ def load_cifar(name: str, root: str | Path, download: bool = False) -> CifarSpli
     return CifarSplits(name=name, num_classes=rel.num_classes, train_images=train_images, train_labels=train_labels,
                        test_images=test_images, test_labels=test_labels, class_names=class_names,
                        source="unofficial" if unofficial else "official")
+
+
+def missing_data(name: str, root: str | Path, download: bool = False) -> Optional[str]:
+    """Returns why `load_cifar` would stop for want of files (some missing, no download asked for), or None."""
+    rel = release(name)
+    root = Path(root).expanduser()
+    missing = _missing_files(rel, root / rel.folder)
+    return _not_found_message(rel, root, root / rel.folder, missing) if missing and not download else None
 
 
 def _missing_files(rel: Release, folder: Path) -> list[str]:
