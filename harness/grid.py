@@ -29,14 +29,17 @@ GRID_KEYS = {
     "rhos": "list of imbalance ratios >= 1, e.g. [100, 50, 10]",
     "subset_seeds": "list of ints: which images form the long-tailed subset",
     "seeds": "list of ints: training seeds",
-    "methods": "list of {name: ce|ldam_drw|dro_lt, mode: faithful|clean, stage1: {...}, stage2: {...}}",
+    "methods": "list of {name: ce|ldam_drw|dro_lt, mode: faithful|clean, stage1: {...}, stage2: {...}, label: "
+               "word naming a variant}",
     "stage1": "stage-1 settings for every method (see drolt/config.py)",
     "stage2": "stage-2 settings for every DRO-LT method",
     "resources": "per trial: {cpus: number > 0, gpus: number in [0, 1] or a whole number}",
     "allow_cpu_fallback": "bool: run on CPU when the grid asks for GPUs and the cluster has none",
     "max_failures": "int >= 0: retries of a trial whose process dies",
 }
-METHOD_KEYS = ("name", "mode", "stage1", "stage2")
+METHOD_KEYS = ("name", "mode", "stage1", "stage2", "label")
+# The labels methods get by default, which name them in tables and stand for the published numbers.
+DEFAULT_LABELS = ("ce", "ldam_drw", "dro_lt_faithful", "dro_lt_clean")
 # Set by the grid's axes, not by stage overrides (stage 1's method follows the method's name).
 RUN_LEVEL = {"mode": "methods: mode", "seed": "seeds:", "method": "methods: name"}
 
@@ -226,11 +229,19 @@ def _methods(raw: Any) -> list[dict]:
                     raise GridError(f"methods[{i}].{section}.{bad} is set per run (by {RUN_LEVEL[bad]}), not here")
         if "stage2" in m and m["name"] != "dro_lt":
             raise GridError(f"methods[{i}]: {m['name']} has no stage 2; remove its stage2 settings")
+        default = _default_label(m["name"], mode)
+        label = m.get("label", default)
+        if not isinstance(label, str) or not label or not all(c.isalnum() or c in "-_." for c in label):
+            raise GridError(f"methods[{i}].label must be a word of letters, digits, '-', '_' or '.'; got {label!r}")
+        if label != default and label in DEFAULT_LABELS:
+            raise GridError(f"methods[{i}].label {label!r} is the label of another method ({', '.join(DEFAULT_LABELS)} "
+                            "name the published methods); choose another")
         methods.append({"name": m["name"], "mode": mode, "stage1": dict(m.get("stage1", {})),
-                        "stage2": dict(m.get("stage2", {}))})
-    labels = [_method_label(m) for m in methods]
+                        "stage2": dict(m.get("stage2", {})), "label": label})
+    labels = [m["label"] for m in methods]
     if len(set(labels)) != len(labels):
-        raise GridError(f"methods lists the same method and mode twice: {labels}")
+        raise GridError(f"methods lists the same method and mode twice: {labels}; give variants of one method a "
+                        "label each (e.g. {name: dro_lt, mode: clean, label: clean_t05, stage2: {temperature: 0.5}})")
     return methods
 
 
@@ -256,8 +267,8 @@ def _checked(cls: type, values: dict, where: str) -> Any:
         raise GridError(str(err)) from err
 
 
-def _method_label(m: dict) -> str:
-    return m["name"] if m["name"] != "dro_lt" else f"dro_lt_{m['mode']}"
+def _default_label(name: str, mode: str) -> str:
+    return name if name != "dro_lt" else f"dro_lt_{mode}"
 
 
 # Stage settings that enter a unit's id only away from their default: they came after storage folders were
@@ -283,9 +294,15 @@ def expand(grid: Grid) -> tuple[list[Run], dict[str, Unit]]:
         for rho in grid.rhos:
             for subset_seed in grid.subset_seeds:
                 for seed in grid.seeds:
+                    label_of: dict[str, str] = {}  # a unit's method label in this cell
                     for m in grid.methods:
                         run_unit = _units_of(grid, dataset, rho, subset_seed, seed, m, units)
-                        runs.append(Run(dataset, rho, subset_seed, seed, _method_label(m), m["mode"], run_unit))
+                        if run_unit in label_of:
+                            raise GridError(f"methods {label_of[run_unit]!r} and {m['label']!r} are the same work "
+                                            "(their settings resolve to one unit); drop one, or give it other "
+                                            "settings")
+                        label_of[run_unit] = m["label"]
+                        runs.append(Run(dataset, rho, subset_seed, seed, m["label"], m["mode"], run_unit))
     return runs, units
 
 
@@ -295,7 +312,7 @@ def _units_of(grid: Grid, dataset: str, rho: float, subset_seed: int, seed: int,
                                  "profile": grid.profile, "subset_seed": subset_seed}, "subset_seeds")
     # Where the files are and whether to download them do not change the work: keep them out of the id.
     data_key = {k: v for k, v in dataclasses.asdict(data).items() if k not in DATA_LOCATION}
-    where = f"methods[{m['name']}]"
+    where = f"methods[{m['label']}]"
     stage1_method = "ldam_drw" if m["name"] == "ldam_drw" else "ce"
     # Stage 1 keeps the best-on-test and the last weights, so faithful and clean share one stage-1 unit.
     s1 = _checked(Stage1Config, {**grid.stage1, **m["stage1"], "method": stage1_method, "seed": seed,
@@ -313,7 +330,8 @@ def _units_of(grid: Grid, dataset: str, rho: float, subset_seed: int, seed: int,
     s2_settings = {"method": "dro_lt", "stage1_unit": s1_id, "handoff": handoff,
                    "stage2": _identity(s2)}
     s2_id = unit_id(s2_settings)
+    variant = "" if m["label"] == _default_label("dro_lt", m["mode"]) else f" ({m['label']})"
     units.setdefault(s2_id, Unit(s2_id, 2, {**s2_settings, "data": dataclasses.asdict(data),
                                             "stage1": units[s1_id].settings["stage1"]},
-                                 f"{label} stage2 dro_lt {m['mode']}", depends_on=s1_id))
+                                 f"{label} stage2 dro_lt {m['mode']}{variant}", depends_on=s1_id))
     return s2_id

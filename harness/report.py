@@ -16,18 +16,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import pandas as pd
 
 from drolt.config import DATA_LOCATION
 from drolt.metrics import SPLITS
 
-from .grid import Grid, Run, expand
+from .grid import DEFAULT_LABELS, Grid, Run, expand
 from .published import published
 from .storage import is_done, unit_result
 
-METHOD_ORDER = ("ce", "ldam_drw", "dro_lt_faithful", "dro_lt_clean")
+METHOD_ORDER = DEFAULT_LABELS  # the paper's methods, in its order
 METHOD_NAMES = {"ce": "CE", "ldam_drw": "LDAM-DRW", "dro_lt_faithful": "DRO-LT (faithful)",
                 "dro_lt_clean": "DRO-LT (clean)"}
 DATASET_NAMES = {"cifar10": "CIFAR-10-LT", "cifar100": "CIFAR-100-LT"}
@@ -201,7 +201,7 @@ def _table(frame: pd.DataFrame, splits: list[str], selection: str, methods: Opti
            compare: bool = True) -> pd.DataFrame:
     for split in splits:
         _metric(selection, split, metric)
-    methods = list(methods) if methods is not None else [m for m in METHOD_ORDER if m in set(frame["method"])]
+    methods = list(methods) if methods is not None else method_order(frame["method"])
     cells = list(cells) if cells is not None else _cells(frame)
     stats = summarize(frame, compare)
     stats = stats[(stats["selection"] == selection) & (stats["metric"] == metric)]
@@ -245,6 +245,13 @@ def _cells(frame: pd.DataFrame) -> list[tuple[str, float]]:
     pairs = set(zip(frame["dataset"], frame["rho"]))
     order = {d: i for i, d in enumerate(DATASET_NAMES)}
     return sorted(pairs, key=lambda p: (order.get(p[0], len(order)), p[0], -p[1]))
+
+
+def method_order(labels: Iterable[str]) -> list[str]:
+    """Returns the method labels present, the paper's methods first in the paper's order, then the grid's own
+    variants (methods with a `label`) in the order first seen."""
+    present = list(dict.fromkeys(labels))
+    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
 
 
 def format_cell(mean: float, std: float, n: int) -> str:
@@ -355,7 +362,7 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
         log(f"report: no finished run of this grid in {grid.storage}, so the tables are empty; pass the --storage "
             "that its `drolt run` used")
     missing = missing_runs(grid)
-    methods = [m for m in METHOD_ORDER if m in {run.method for run in expand(grid)[0]}]
+    methods = method_order(run.method for run in expand(grid)[0])
     cells = [(d, r) for d in grid.datasets for r in sorted(grid.rhos, reverse=True)]
     written: list[Path] = []
 

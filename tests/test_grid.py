@@ -250,6 +250,33 @@ def test_dry_run_prints_units_to_run_and_done_and_writes_nothing(tmp_path, capsy
     assert not (tmp_path / "fresh").exists()
 
 
+def test_labelled_variants_of_one_method_share_stage_1_and_get_a_row_each(tmp_path):
+    # "vary and compare": two temperatures of DRO-LT clean in one grid, beside the paper's settings
+    variants = [{"name": "dro_lt", "mode": "clean"},
+                {"name": "dro_lt", "mode": "clean", "label": "clean_t05", "stage2": {"temperature": 0.5}}]
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"methods": ["ce", *variants]}))
+    runs, units = expand(grid)
+    assert [r.method for r in runs] == ["ce", "dro_lt_clean", "clean_t05"]
+    assert len({runs[1].unit_id, runs[2].unit_id}) == 2  # other stage-2 work ...
+    assert units[runs[1].unit_id].depends_on == units[runs[2].unit_id].depends_on == runs[0].unit_id  # ... one stage 1
+    assert units[runs[2].unit_id].label.endswith("stage2 dro_lt clean (clean_t05)")
+    from harness.report import method_order
+    assert method_order(["clean_t05", "dro_lt_clean", "ce"]) == ["ce", "dro_lt_clean", "clean_t05"]
+
+
+@pytest.mark.parametrize("methods, words", [
+    ([{"name": "dro_lt"}, {"name": "dro_lt", "label": "again"}], ["'dro_lt_faithful' and 'again' are the same work"]),
+    ([{"name": "dro_lt", "label": "ce", "stage2": {"temperature": 0.5}}], ["label 'ce' is the label of another"]),
+    ([{"name": "dro_lt", "label": "t 0.5"}], ["label must be a word", "'t 0.5'"]),
+    ([{"name": "dro_lt"}, {"name": "dro_lt", "stage2": {"temperature": 0.5}}], ["twice", "give variants", "label"]),
+])
+def test_method_variants_need_a_label_of_their_own_and_other_settings(tmp_path, methods, words):
+    with pytest.raises(GridError) as err:
+        load_grid(_write(tmp_path / "grid.yaml", {"methods": methods}))
+    for word in words:
+        assert word in str(err.value), f"{word!r} missing from: {err.value}"
+
+
 def test_dry_run_warns_when_the_data_is_missing_and_no_download_is_asked_for(tmp_path, capsys):
     # otherwise the plan looks fine and the real run stops at its start
     path = _write(tmp_path / "grid.yaml", {"data": {"root": "nowhere"}})

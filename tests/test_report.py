@@ -276,6 +276,20 @@ def test_a_report_says_when_runs_read_data_that_is_not_the_official_release(grid
         tmp_path / "out" / "report.md").read_text()
 
 
+def test_a_labelled_variant_gets_a_row_after_the_papers_methods_and_no_published_number(tmp_path):
+    methods = "methods: [{name: dro_lt, mode: clean, label: clean_t05, stage2: {temperature: 0.5}}, ce]"
+    (tmp_path / "v.yaml").write_text(GRID.replace(GRID.splitlines()[5], methods))
+    grid = load_grid(tmp_path / "v.yaml")
+    runs, units = expand(grid)
+    for unit in units.values():
+        _write_unit(grid.storage, unit, 50.0)
+    table = paper_table(build_frame(grid))
+    assert list(table.index) == ["CE", "clean_t05"]
+    cell = ("CIFAR-100-LT", "ρ=100")
+    assert table.loc["CE", (*cell, "paper")] == "38.32" and table.loc["clean_t05", (*cell, "paper")] == "–"
+    assert table.loc["clean_t05", (*cell, "ours")] == "50.00 ± 0.00 (n=2)"
+
+
 def test_report_names_the_storage_relative_to_where_it_was_built(grid, tmp_path, monkeypatch):
     # Reports get committed and shared: a storage below the working directory is named without this machine's path.
     monkeypatch.chdir(grid.storage.parent)
