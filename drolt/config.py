@@ -64,7 +64,8 @@ class SpeedSettings:
                                   # SGD; stage 2: its feature epochs) replayed from one CUDA graph; `compile`
                                   # then speeds the evaluation only (see compile_step). No effect on a CPU
     compile_step: bool = False    # with graph_step: the recorded step runs the model compiled by torch.compile
-                                  # without CUDA graphs of its own (inductor's fused kernels) instead of eager
+                                  # without CUDA graphs of its own (inductor's fused kernels) instead of eager;
+                                  # on a CPU the training step then runs compiled, as with `compile`
     fused_sgd: bool = False       # SGD's update as one fused kernel per step instead of several multi-tensor
                                   # ops: the same formula, less host time per step (which bounds stage 1 on
                                   # an H100: results/benchmarks/h100_profile_stage1_fast.txt)
@@ -209,10 +210,10 @@ def check_keys(cls: type, values: dict, where: str = "") -> None:
     """Raises ValueError naming the keys of `values` that are no setting of `cls`, each with the closest
     setting's name when one is close (a typo), and the allowed names."""
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(set(values) - set(names), key=str)  # YAML keys may be numbers, booleans or null
     if unknown:
         guesses = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in
-                                        difflib.get_close_matches(key, names, n=1)) for key in unknown]
+                                        difflib.get_close_matches(str(key), names, n=1)) for key in unknown]
         raise ValueError(f"unknown setting(s) {', '.join(guesses)}{_at(where)}; allowed: {', '.join(names)}")
 
 

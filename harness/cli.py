@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     tree, out, device_name = train_settings(args)
     unit = unit_from_dict(tree, where=f"{args.config} and the command line" if args.config else "the command line")
     device = resolve_device(device_name)
-    stages = (2,) if args.stage1_weights else unit.stages()
+    stages = (2,) if args.stage1_weights and 2 in unit.stages() else unit.stages()
     print(f"drolt train: method {unit.method}, stages {stages}, device {device}, output {out.resolve()}",
           flush=True)
     # --mode and --seed set both stages; anything else under stage2 was asked for by name

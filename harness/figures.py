@@ -29,7 +29,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from drolt.data import long_tail_counts
 from drolt.metrics import SPLITS, shot_split_of
 
-from .report import DATASET_NAMES, METHOD_NAMES, METHOD_ORDER
+from .report import DATASET_NAMES, METHOD_NAMES, METHOD_ORDER, method_order
 
 FIGURES = ("per_class_accuracy.png", "shot_splits.png", "curves.png", "radii.png", "seed_spread.png")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -148,9 +148,8 @@ def radii_frame(frame: pd.DataFrame, histories: dict[str, list[dict]]) -> pd.Dat
 # ---------------------------------------------------------------------------------------------- the figures
 
 def _order(names) -> list[str]:
-    known = [METHOD_NAMES[m] for m in METHOD_ORDER]
-    present = set(names)
-    return [m for m in known if m in present] + sorted(present - set(known))
+    # the tables' order: the paper's methods, then the grid's variants as the grid lists them
+    return method_order(names, known=[METHOD_NAMES[m] for m in METHOD_ORDER])
 
 
 def _cells(names) -> list[str]:

@@ -38,8 +38,10 @@ GRID_KEYS = {
     "max_failures": "int >= 0: retries of a trial whose process dies",
 }
 METHOD_KEYS = ("name", "mode", "stage1", "stage2", "label")
-# The labels methods get by default, which name them in tables and stand for the published numbers.
+# The labels methods get by default, which stand for the published numbers, and the names tables print.
 DEFAULT_LABELS = ("ce", "ldam_drw", "dro_lt_faithful", "dro_lt_clean")
+METHOD_NAMES = {"ce": "CE", "ldam_drw": "LDAM-DRW", "dro_lt_faithful": "DRO-LT (faithful)",
+                "dro_lt_clean": "DRO-LT (clean)"}
 # Set by the grid's axes, not by stage overrides (stage 1's method follows the method's name).
 RUN_LEVEL = {"mode": "methods: mode", "seed": "seeds:", "method": "methods: name"}
 
@@ -233,9 +235,10 @@ def _methods(raw: Any) -> list[dict]:
         label = m.get("label", default)
         if not isinstance(label, str) or not label or not all(c.isalnum() or c in "-_." for c in label):
             raise GridError(f"methods[{i}].label must be a word of letters, digits, '-', '_' or '.'; got {label!r}")
-        if label != default and label in DEFAULT_LABELS:
-            raise GridError(f"methods[{i}].label {label!r} is the label of another method ({', '.join(DEFAULT_LABELS)} "
-                            "name the published methods); choose another")
+        reserved = {name.casefold() for name in (*DEFAULT_LABELS, *METHOD_NAMES.values())}
+        if label != default and label.casefold() in reserved:
+            raise GridError(f"methods[{i}].label {label!r} names one of the published methods in the tables "
+                            f"({', '.join(METHOD_NAMES.values())}); choose another")
         methods.append({"name": m["name"], "mode": mode, "stage1": dict(m.get("stage1", {})),
                         "stage2": dict(m.get("stage2", {})), "label": label})
     labels = [m["label"] for m in methods]
@@ -321,8 +324,9 @@ def _units_of(grid: Grid, dataset: str, rho: float, subset_seed: int, seed: int,
                    "stage1": {k: v for k, v in _identity(s1).items() if k != "mode"}}
     s1_id = unit_id(s1_settings)
     label = f"{dataset} rho{rho:g} s{subset_seed} seed{seed}"
+    variant = "" if m["label"] == _default_label(m["name"], m["mode"]) else f" ({m['label']})"
     units.setdefault(s1_id, Unit(s1_id, 1, {**s1_settings, "data": dataclasses.asdict(data)},
-                                 f"{label} stage1 {stage1_method}"))
+                                 f"{label} stage1 {stage1_method}{variant if m['stage1'] else ''}"))
     if m["name"] != "dro_lt":
         return s1_id
     s2 = _checked(Stage2Config, {**grid.stage2, **m["stage2"], "seed": seed, "mode": m["mode"]}, f"{where}.stage2")
@@ -330,7 +334,6 @@ def _units_of(grid: Grid, dataset: str, rho: float, subset_seed: int, seed: int,
     s2_settings = {"method": "dro_lt", "stage1_unit": s1_id, "handoff": handoff,
                    "stage2": _identity(s2)}
     s2_id = unit_id(s2_settings)
-    variant = "" if m["label"] == _default_label("dro_lt", m["mode"]) else f" ({m['label']})"
     units.setdefault(s2_id, Unit(s2_id, 2, {**s2_settings, "data": dataclasses.asdict(data),
                                             "stage1": units[s1_id].settings["stage1"]},
                                  f"{label} stage2 dro_lt {m['mode']}{variant}", depends_on=s1_id))

@@ -4,9 +4,10 @@ Output, under `results/<grid name>/`:
   runs.csv (+ runs.parquet)   the tidy frame: one row per finished run
   summary.csv                 mean / std / n per method, cell, split and selection, with the published number
   top1_last.*, shots_last.*   headline tables (final epoch) as .tex and .csv
+  top5_last.*                 top-5 accuracy (final epoch; no published numbers)
   ncm_last.*                  nearest-centroid accuracy, overall and per split (final epoch)
   top1_best.*, shots_best.*,  the same tables for the best epoch on test (labelled as such)
-  ncm_best.*
+  top5_best.*, ncm_best.*
   report.md                   every table in Markdown, what is missing, the figures, provenance
   missing.txt                 the runs not finished yet (only when some are)
   *.png                       the figures (see harness/figures.py)
@@ -23,13 +24,11 @@ import pandas as pd
 from drolt.config import DATA_LOCATION
 from drolt.metrics import SPLITS
 
-from .grid import DEFAULT_LABELS, Grid, Run, expand
+from .grid import DEFAULT_LABELS, METHOD_NAMES, Grid, Run, expand
 from .published import published
 from .storage import is_done, unit_result
 
 METHOD_ORDER = DEFAULT_LABELS  # the paper's methods, in its order
-METHOD_NAMES = {"ce": "CE", "ldam_drw": "LDAM-DRW", "dro_lt_faithful": "DRO-LT (faithful)",
-                "dro_lt_clean": "DRO-LT (clean)"}
 DATASET_NAMES = {"cifar10": "CIFAR-10-LT", "cifar100": "CIFAR-100-LT"}
 SELECTIONS = {"last": "final epoch", "best": "best epoch on test"}
 # Test accuracy of the classifier (top-1, top-5) and of nearest-centroid prediction (NCM); top-5 has no
@@ -109,7 +108,7 @@ def _scalar(value):
 
 def summarize(frame: pd.DataFrame, compare: bool = True) -> pd.DataFrame:
     """Returns mean, std (ddof=1), n, published and delta per dataset, rho, method, selection, metric (test
-    top-1 or NCM) and split, with the split's number of classes. `compare=False` leaves out the published
+    top-1, top-5 or NCM) and split, with the split's number of classes. `compare=False` leaves out the published
     numbers (a grid whose settings they do not describe); they are left out anyway for cells whose records
     say so (`_incomparable_cells`)."""
     rows = []
@@ -247,11 +246,12 @@ def _cells(frame: pd.DataFrame) -> list[tuple[str, float]]:
     return sorted(pairs, key=lambda p: (order.get(p[0], len(order)), p[0], -p[1]))
 
 
-def method_order(labels: Iterable[str]) -> list[str]:
-    """Returns the method labels present, the paper's methods first in the paper's order, then the grid's own
-    variants (methods with a `label`) in the order first seen."""
+def method_order(labels: Iterable[str], known: Sequence[str] = METHOD_ORDER) -> list[str]:
+    """Returns the method labels present (or names, with `known` the paper's methods' names), the paper's
+    methods first in the paper's order, then the grid's own variants (methods with a `label`) in the order
+    first seen."""
     present = list(dict.fromkeys(labels))
-    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
+    return [m for m in known if m in present] + [m for m in present if m not in known]
 
 
 def format_cell(mean: float, std: float, n: int) -> str:
@@ -358,8 +358,8 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     out = Path(out_dir).expanduser().resolve() if out_dir else grid.results
     out.mkdir(parents=True, exist_ok=True)
     frame = build_frame(grid)
-    if frame.empty:
-        log(f"report: no finished run of this grid in {grid.storage}, so the tables are empty; pass the --storage "
+    if not any((grid.storage / unit_id).exists() for unit_id in expand(grid)[1]):
+        log(f"report: no run of this grid in {grid.storage}, so the tables are empty; pass the --storage "
             "that its `drolt run` used")
     missing = missing_runs(grid)
     methods = method_order(run.method for run in expand(grid)[0])

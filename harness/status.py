@@ -48,7 +48,7 @@ def status_table(grid: Grid) -> str:
         reason = f"  {state.detail}" if state.detail else ""
         lines.append(f"  {status:<11} {epochs:>9}  {unit.id}  {unit.label}{reason}")
     lines.append("total: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" of {len(plan.units)} units")
-    if set(counts) <= {"pending", "waiting"}:
+    if not holder and not any((grid.storage / unit_id).exists() for unit_id in plan.units):
         lines.append(f"nothing of this grid is in {grid.storage} yet: start it with `drolt run`, or pass the "
                      "--storage that its `drolt run` used")
     return "\n".join(lines)

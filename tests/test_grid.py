@@ -64,6 +64,7 @@ INVALID = {
     "stage1_override_typo": ({"stage1": {"lr_decay_epoch": [5]}},
                              ["'lr_decay_epoch' (did you mean 'lr_decay_epochs'?) in stage1;", "allowed"]),
     "stage1_setting_wrong_type": ({"stage1": {"epochs": "ten"}}, ["'epochs'", "int", "ten"]),
+    "stage1_key_not_a_word": ({"stage1": {1: 2}}, ["unknown setting(s) 1 in stage1", "allowed"]),  # YAML's `1:`
     "stage1_zero_epochs": ({"stage1": {"epochs": 0}}, ["epochs", "> 0", "0"]),
     "stage2_classifier_epochs_over_epochs": ({"stage2": {"epochs": 2, "classifier_epochs": 3}},
                                              ["classifier_epochs", "3", "epochs"]),
@@ -260,13 +261,20 @@ def test_labelled_variants_of_one_method_share_stage_1_and_get_a_row_each(tmp_pa
     assert len({runs[1].unit_id, runs[2].unit_id}) == 2  # other stage-2 work ...
     assert units[runs[1].unit_id].depends_on == units[runs[2].unit_id].depends_on == runs[0].unit_id  # ... one stage 1
     assert units[runs[2].unit_id].label.endswith("stage2 dro_lt clean (clean_t05)")
+    assert units[runs[0].unit_id].label.endswith("stage1 ce")  # the variant's stage 1 is CE's own
+    lr = load_grid(_write(tmp_path / "lr.yaml", {"methods": ["ce", {"name": "ce", "label": "ce_lr05",
+                                                                   "stage1": {"lr": 0.05}}]}))
+    assert [u.label.split("stage1 ")[1] for u in expand(lr)[1].values()] == ["ce", "ce (ce_lr05)"]
     from harness.report import method_order
     assert method_order(["clean_t05", "dro_lt_clean", "ce"]) == ["ce", "dro_lt_clean", "clean_t05"]
 
 
 @pytest.mark.parametrize("methods, words", [
     ([{"name": "dro_lt"}, {"name": "dro_lt", "label": "again"}], ["'dro_lt_faithful' and 'again' are the same work"]),
-    ([{"name": "dro_lt", "label": "ce", "stage2": {"temperature": 0.5}}], ["label 'ce' is the label of another"]),
+    ([{"name": "dro_lt", "label": "ce", "stage2": {"temperature": 0.5}}], ["label 'ce' names one of the published"]),
+    # a table or figure would print two "CE" rows or colours
+    (["ce", {"name": "ce", "label": "ce", "stage1": {"lr": 0.05}}], ["twice"]),
+    (["ce", {"name": "ce", "label": "CE", "stage1": {"lr": 0.05}}], ["label 'CE' names one of the published"]),
     ([{"name": "dro_lt", "label": "t 0.5"}], ["label must be a word", "'t 0.5'"]),
     ([{"name": "dro_lt"}, {"name": "dro_lt", "stage2": {"temperature": 0.5}}], ["twice", "give variants", "label"]),
 ])
@@ -346,7 +354,13 @@ def test_status_and_report_of_a_grid_with_nothing_in_its_storage_say_where_they_
     out = capsys.readouterr().out
     assert out.splitlines()[-1].startswith(f"nothing of this grid is in {load_grid(path).storage} yet")
     assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
-    assert "report: no finished run of this grid in" in capsys.readouterr().out
+    assert "report: no run of this grid in" in capsys.readouterr().out
+    # ... and not once something of it is there: a unit that failed, or a run that just started its trials
+    (load_grid(path).storage / next(iter(expand(load_grid(path))[1]))).mkdir(parents=True)
+    assert main(["status", str(path)]) == 0
+    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing of this grid" not in out and "no run of this grid" not in out
 
 
 def test_status_tells_running_from_queued_units_while_a_drolt_run_holds_the_storage(tmp_path, capsys):
