@@ -43,6 +43,12 @@ def _cost1(n: int) -> int:
     return 3 * n + n + TEST_IMAGES
 
 
+def _full_size(path: Path) -> int:
+    """Returns the training images of the full-size set a steady_epochs output names (CIFAR-10-LT at its rho)."""
+    rho = re.search(r"cifar10-LT rho ([\d.]+)", path.read_text())
+    return sum(long_tail_counts(10, 5000, 1 / float(rho[1]))) if rho else 0
+
+
 def read_epochs(path: Path) -> tuple[int, dict[int, list[float]]]:
     """Returns (training images of the measured set, {stage: epoch times in order}) of a steady_epochs output."""
     text = path.read_text()
@@ -81,7 +87,12 @@ def main() -> None:
         raise SystemExit(f"no epochs of stage {', '.join(map(str, sorted(missing)))} in the files given")
 
     size1, steady1, warm1, _ = measured[1]
-    _, steady2, warm2, _ = measured[2]
+    size2, steady2, warm2, path2 = measured[2]
+    full = _full_size(path2)
+    if size2 != full:
+        print(f"warning: stage 2 in {path2} ran on {size2} training images, not the full {full}: its epochs are "
+              "charged as measured, so this estimate does not describe full-size epochs (run steady_epochs "
+              "without --fraction)")
     cells = list(cell_sizes())
     units1, units2 = GRID["stage1_units"] * len(cells), GRID["stage2_units"] * len(cells)
     hours = {1: sum(GRID["stage1_units"] * GRID["stage1_epochs"] * steady1 * _cost1(n) / _cost1(size1)

@@ -45,6 +45,11 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     data = shortened(synthetic_long_tail(), 1, args.images).to(device)
+    # (class_counts stay the full set's: class weights and shot splits use them)
+    empty = torch.bincount(data.train_labels, minlength=data.num_classes).eq(0).nonzero().flatten().tolist()
+    if empty and args.method == "ce":  # stage 2's class-aware sampler draws from every class
+        parser.error(f"--images {args.images} leaves class(es) {empty} without a training image, and stage 2 "
+                     "samples every class; use --images 300 or more")
     # lr 0.01: a few SGD steps at the reference's 0.1 on random images amplify rounding differences
     base1 = Stage1Config(method=args.method, epochs=3, warmup_epochs=2, lr=0.01, drw_start_epoch=2)
     base2 = Stage2Config(epochs=2, classifier_epochs=0)
