@@ -9,6 +9,10 @@ FAST1=(--set stage1.channels_last=true --set stage1.precision=bf16 --set stage1.
        --set stage1.compile_mode=reduce-overhead)
 FAST2=(--set stage2.channels_last=true --set stage2.precision=bf16 --set stage2.compile=true
        --set stage2.compile_mode=reduce-overhead)
+# What experiments/paper_cifar_lt.yaml trains with (tests/test_grid.py checks the grid's side).
+GRID1=("${FAST1[@]}" --set stage1.graph_step=true --set stage1.fused_sgd=true)
+GRID2=("${FAST2[@]}" --set stage2.compile_loss=true --set stage2.augment_batches=32 --set stage2.graph_augment=true
+       --set stage2.graph_step=true --set stage2.fused_sgd=true)
 FAILED=0    # the exit status of the first part that failed, the scripts' own exit status
 
 step() {  # step LIMIT_S OUTPUT_FILE COMMAND...

@@ -19,9 +19,6 @@
 #   most (what a device call brings back). Then the grid estimate from the steady runs (printed).
 #   OUT=/some/folder BUDGET_S=585 bash benchmarks/gpu_next.sh
 source "$(dirname "$0")/gpu_common.sh"
-GRID1=("${FAST1[@]}" --set stage1.graph_step=true --set stage1.fused_sgd=true)
-GRID2=("${FAST2[@]}" --set stage2.compile_loss=true --set stage2.augment_batches=32 --set stage2.graph_augment=true
-       --set stage2.graph_step=true --set stage2.fused_sgd=true)
 COMPILE_STEP=(--set stage1.compile_step=true --set stage2.compile_step=true)
 STEADY1=(--device cuda --epochs 4 --stages 1 "${GRID1[@]}" --set stage1.warmup_epochs=0)
 STEADY2=(--device cuda --epochs 3 --stages 2 "${GRID2[@]}")
