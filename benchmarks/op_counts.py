@@ -13,6 +13,7 @@ draws (counted here) and the copies in and out.
 """
 from __future__ import annotations
 
+import argparse
 from typing import Callable
 
 import torch
@@ -45,6 +46,7 @@ def aten_ops(fn: Callable[[], object]) -> tuple[int, int]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help says what it does
     torch.manual_seed(0)
     model = resnet32(10)
     eps = torch.nn.Parameter(torch.ones(10))
