@@ -37,6 +37,7 @@ ACCURACIES = ("top1", "top5", "ncm")
 METRICS = ("top1", "top5", "many", "medium", "few", "many_n", "medium_n", "few_n",
            "ncm_top1", "ncm_many", "ncm_medium", "ncm_few")
 PROVENANCE = ("code_version", "torch_version", "device", "precision", "data_source")
+STAGE1_PROVENANCE = ("code_version", "torch_version", "device")  # precision: the stage1_precision setting
 RUN_KEYS = ("dataset", "rho", "profile", "subset_seed", "seed", "method", "mode")
 DASH = "–"
 Log = Callable[[str], None]
@@ -92,6 +93,9 @@ def _row(grid: Grid, run: Run, units: dict) -> dict:
     row["unit_id"] = unit.id
     row["stage1_unit_id"] = unit.depends_on or unit.id
     row.update({k: result.get("provenance", {}).get(k, "unknown") for k in PROVENANCE})
+    # A DRO-LT row's own provenance is its stage 2's; the stage 1 it started from may come from other code
+    # or another machine.
+    row.update({f"stage1_{k}": (stage1 or {}).get("provenance", {}).get(k, "unknown") for k in STAGE1_PROVENANCE})
     return row
 
 
@@ -465,7 +469,9 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
     if not frame.empty:
         parts.append("\n## Provenance\n\n")
         for key in PROVENANCE:
-            parts.append(f"- {key.replace('_', ' ')}: {', '.join(sorted(map(str, frame[key].unique())))}\n")
+            # both stages' values: a DRO-LT row's stage 1 was trained by its own process
+            values = set(frame[key]) | set(frame.get(f"stage1_{key}", []))
+            parts.append(f"- {key.replace('_', ' ')}: {', '.join(sorted(map(str, values)))}\n")
         wall = frame.drop_duplicates("stage1_unit_id")["stage1_wall_time_s"].sum() + \
             frame["stage2_wall_time_s"].sum()
         parts.append(f"- wall time: {wall / 3600:.2f} h over all finished units (a shared stage 1 counted once)\n")

@@ -290,6 +290,21 @@ def test_a_labelled_variant_gets_a_row_after_the_papers_methods_and_no_published
     assert table.loc["clean_t05", (*cell, "ours")] == "50.00 ± 0.00 (n=2)"
 
 
+def test_a_dro_lt_row_shows_the_provenance_of_the_stage_1_it_started_from(grid, tmp_path):
+    # e.g. stage 1 trained by an older checkout, stage 2 by today's
+    runs, units = expand(grid)
+    dro = next(run for run in runs if run.method == "dro_lt_clean")
+    path = grid.storage / units[dro.unit_id].depends_on / "result.json"
+    result = json.loads(path.read_text())
+    result["provenance"]["code_version"] = "old999"
+    path.write_text(json.dumps(result))
+    frame = build_frame(grid)
+    row = frame[(frame["method"] == "dro_lt_clean") & (frame["unit_id"] == dro.unit_id)].iloc[0]
+    assert row["code_version"] == "abc123" and row["stage1_code_version"] == "old999"
+    write_report(grid, tmp_path / "out", log=lambda line: None)
+    assert "- code version: abc123, old999" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_report_names_the_storage_relative_to_where_it_was_built(grid, tmp_path, monkeypatch):
     # Reports get committed and shared: a storage below the working directory is named without this machine's path.
     monkeypatch.chdir(grid.storage.parent)
