@@ -42,6 +42,7 @@ METHOD_KEYS = ("name", "mode", "stage1", "stage2", "label")
 DEFAULT_LABELS = ("ce", "ldam_drw", "dro_lt_faithful", "dro_lt_clean")
 METHOD_NAMES = {"ce": "CE", "ldam_drw": "LDAM-DRW", "dro_lt_faithful": "DRO-LT (faithful)",
                 "dro_lt_clean": "DRO-LT (clean)"}
+_RESERVED_LABELS = {name.casefold() for name in (*DEFAULT_LABELS, *METHOD_NAMES.values())}  # any case
 # Set by the grid's axes, not by stage overrides (stage 1's method follows the method's name).
 RUN_LEVEL = {"mode": "methods: mode", "seed": "seeds:", "method": "methods: name"}
 
@@ -235,8 +236,7 @@ def _methods(raw: Any) -> list[dict]:
         label = m.get("label", default)
         if not isinstance(label, str) or not label or not all(c.isalnum() or c in "-_." for c in label):
             raise GridError(f"methods[{i}].label must be a word of letters, digits, '-', '_' or '.'; got {label!r}")
-        reserved = {name.casefold() for name in (*DEFAULT_LABELS, *METHOD_NAMES.values())}
-        if label != default and label.casefold() in reserved:
+        if label != default and label.casefold() in _RESERVED_LABELS:
             raise GridError(f"methods[{i}].label {label!r} names one of the published methods in the tables "
                             f"({', '.join(METHOD_NAMES.values())}); choose another")
         methods.append({"name": m["name"], "mode": mode, "stage1": dict(m.get("stage1", {})),

@@ -31,10 +31,11 @@ class Plan:
                  f"{sum(u.stage == 2 for u in self.units.values())} stage-2); storage {self.grid.storage}"]
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
-        warnings = {w for u in self.units.values() if u.stage == 1 for w in u.config().stage1.warnings()}
+        configs = {u.id: u.config() for u in self.units.values()}
+        warnings = {w for u in self.units.values() if u.stage == 1 for w in configs[u.id].stage1.warnings()}
         # the run would stop at its start for want of data: said now, not after the plan looked fine
         warnings |= {problem for u in self.units.values() if self.states[u.id].status != "done"
-                     and not (data := u.config().data).synthetic
+                     and not (data := configs[u.id].data).synthetic
                      and (problem := missing_data(data.dataset, data.root, data.download))}
         lines += [f"  warning: {w}" for w in sorted(warnings)]
         for status in ("done", "partial", "failed", "pending"):

@@ -362,11 +362,12 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     out = Path(out_dir).expanduser().resolve() if out_dir else grid.results
     out.mkdir(parents=True, exist_ok=True)
     frame = build_frame(grid)
-    if not any((grid.storage / unit_id).exists() for unit_id in expand(grid)[1]):
+    runs, units = expand(grid)
+    if not any((grid.storage / unit_id).exists() for unit_id in units):
         log(f"report: no run of this grid in {grid.storage}, so the tables are empty; pass the --storage "
             "that its `drolt run` used")
     missing = missing_runs(grid)
-    methods = method_order(run.method for run in expand(grid)[0])
+    methods = method_order(run.method for run in runs)
     cells = [(d, r) for d in grid.datasets for r in sorted(grid.rhos, reverse=True)]
     written: list[Path] = []
 
