@@ -1,9 +1,11 @@
-"""Stage 1: cross-entropy pre-training (SPEC §3), or the LDAM-DRW baseline (SPEC §3.1)."""
+"""Stage 1: cross-entropy pre-training (SPEC §3), or the LDAM-DRW baseline (SPEC §3.1), of one unit or of
+several that differ only in their seed, packed into one model."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +16,10 @@ from .config import Stage1Config
 from .data import LongTailData
 from .losses import drw_weights, ldam_loss, ldam_margins
 from .model import resnet32
+from .packed import join_optimizer_states, join_states, pack, packed_model, split_optimizer_state, split_state
 from .sampling import ShuffledEpochs
 from .training import (EpochCallback, StageResult, augmented_batches, augmenter, check_finite, clone_state,
-                       device_generator, evaluate, improved, set_lr)
+                       device_generator, evaluate_seeds, improved, set_lr)
 
 
 def lr_at(cfg: Stage1Config, epoch: int) -> float:
@@ -27,18 +30,38 @@ def lr_at(cfg: Stage1Config, epoch: int) -> float:
     return cfg.lr * 0.01 ** sum(k > e for e in cfg.lr_decay_epochs)
 
 
+SeedCallback = Callable[[int, dict, dict], None]  # (index of the seed in the pack, record, state)
+
+
 def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
                  on_epoch: Optional[EpochCallback] = None, resume: Optional[dict] = None) -> StageResult:
     """Trains stage 1 from scratch (or from `resume`, a state given to `on_epoch`); returns its result."""
-    cfg.validate()
-    ldam = cfg.method == "ldam_drw"
-    torch.manual_seed(cfg.seed)  # model init
-    model = resnet32(data.num_classes, cosine_head=ldam).to(device)
+    per_seed = (lambda _, record, state: on_epoch(record, state)) if on_epoch is not None else None
+    return train_stage1_seeds([cfg], data, device, per_seed, [resume] if resume is not None else None)[0]
+
+
+def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device: torch.device,
+                       on_epoch: Optional[SeedCallback] = None,
+                       resumes: Optional[Sequence[dict]] = None) -> list[StageResult]:
+    """Trains the stage 1 of units that differ only in their seed, packed into one model (drolt/packed.py;
+    one unit trains its own model, unpacked); returns their results in the order of `cfgs`.
+
+    Each seed draws its initialisation, sampling order and augmentation as it would alone. `on_epoch(i,
+    record, state)` gets seed i's record and state, the state of an unpacked stage 1: `resumes` takes such
+    states (one per seed, all after the same epoch), so a unit can resume packed or alone.
+    """
+    cfg = _shared(cfgs)
+    k, ldam = len(cfgs), cfg.method == "ldam_drw"
+    models = []
+    for seed_cfg in cfgs:
+        torch.manual_seed(seed_cfg.seed)  # model init
+        models.append(resnet32(data.num_classes, cosine_head=ldam))
+    model = packed_model(models).to(device)
     net = speed.prepare(model, cfg)
     step_net = speed.step_model(model, cfg)
     optimizer = speed.sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.fused_sgd)
-    sampler = ShuffledEpochs(len(data.train_labels), cfg.seed)
-    aug_gen = device_generator(device, cfg.seed)
+    samplers = [ShuffledEpochs(len(data.train_labels), c.seed) for c in cfgs]
+    aug_gens = [device_generator(device, c.seed) for c in cfgs]
     margins = ldam_margins(data.class_counts).to(device) if ldam else None
     augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches,))
 
@@ -47,21 +70,24 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
         # another, and autocast casts the weights anew in every replay instead of caching the casts.
         with speed.autocast(device, cfg.precision, cache=not cfg.graph_step):
             _, logits = (step_net if cfg.graph_step else net)(x)
-            loss = ldam_loss(logits, y, margins, weights=weights) if ldam else F.cross_entropy(logits, y)
+            losses = torch.stack([ldam_loss(logits[i], y[i], margins, weights=weights) if ldam
+                                  else F.cross_entropy(logits[i], y[i]) for i in range(k)])
         optimizer.zero_grad(set_to_none=True)  # in a recording: the gradients live in the graph's memory
-        loss.backward()
+        losses.sum().backward()  # each seed's loss reaches its own weights only: its own gradient
         optimizer.step()
-        return loss.detach()
+        return losses.detach()
     # graph_step: full batches replay the whole step from one CUDA graph, recorded anew when the learning
     # rate (a number the recording keeps) or the class weights change. Without it no size is recorded.
     step = speed.graphed(train_step, sizes=(cfg.batch_size,) if cfg.graph_step else (), keep_one=True)
-    start, history, best = 0, [], None
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        speed.load_optimizer_state(optimizer, resume["optimizer"])
-        sampler.load_state_dict(resume["sampler"])
-        aug_gen.set_state(resume["aug_gen"])
-        start, history, best = resume["epoch"], resume["history"], resume["best"]
+    start, histories, bests = 0, [[] for _ in cfgs], [None] * k
+    if resumes is not None:
+        start = _resume_epoch(resumes)
+        model.load_state_dict(join_states([r["model"] for r in resumes]))
+        speed.load_optimizer_state(optimizer, join_optimizer_states([r["optimizer"] for r in resumes], model))
+        for sampler, gen, resume in zip(samplers, aug_gens, resumes):
+            sampler.load_state_dict(resume["sampler"])
+            gen.set_state(resume["aug_gen"])
+        histories, bests = [r["history"] for r in resumes], [r["best"] for r in resumes]
 
     n = len(data.train_labels)
     for epoch in range(start, cfg.epochs):
@@ -71,35 +97,78 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
         weights = weights.to(device) if weights is not None else None
         model.train()
         # Summed on the device and read once per epoch: a .item() per batch would sync the GPU every step.
-        loss_sum = torch.zeros((), device=device)
-        for x, y in augmented_batches(data, sampler.next_pass().to(device), cfg.batch_size, aug_gen,
-                                      cfg.augment_batches, augment=augment):
-            loss = step(speed.model_input(x, cfg.channels_last), y, weights, key=lr)
-            loss_sum += loss * len(y)
-        train_loss = loss_sum.item() / n
-        check_finite(train_loss, 1, epoch)
+        loss_sums = torch.zeros(k, device=device)
+        streams = [augmented_batches(data, sampler.next_pass().to(device), cfg.batch_size, gen, cfg.augment_batches,
+                                     augment=augment) for sampler, gen in zip(samplers, aug_gens)]
+        for batch in zip(*streams):
+            x, y = (_stack([b[j] for b in batch]) for j in (0, 1))
+            losses = step(speed.model_input(pack(x), cfg.channels_last), y, weights, key=lr)
+            loss_sums += losses * y.shape[1]
+        train_losses = [loss_sum / n for loss_sum in loss_sums.tolist()]
+        for seed_cfg, train_loss in zip(cfgs, train_losses):
+            check_finite(train_loss, 1, epoch, seed=seed_cfg.seed if k > 1 else None)
         train_time = time.perf_counter() - t0
 
         with_ncm = (epoch + 1) % cfg.ncm_every == 0 or epoch + 1 == cfg.epochs
-        record = {"stage": 1, "epoch": epoch, "lr": lr, "train_loss": train_loss,
-                  **evaluate(model, net, data, cfg, ncm=with_ncm),
-                  "train_images_per_s": n / train_time, "epoch_time": time.perf_counter() - t0}
-        history.append(record)
-        if improved(record, best, "top1"):
-            best = {"record": record, "model": clone_state(model)}
-        if on_epoch is not None:
-            on_epoch(record, {"stage": 1, "epoch": epoch + 1, "model": clone_state(model),
-                              "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-                              "aug_gen": aug_gen.get_state(), "history": history, "best": best})
+        reports = evaluate_seeds(model, net, data, cfg, k, ncm=with_ncm)
+        epoch_time = time.perf_counter() - t0
+        states = split_state(clone_state(model), k)
+        optimizer_states = split_optimizer_state(optimizer.state_dict(), model, k) if on_epoch else [None] * k
+        for i, (history, report, state) in enumerate(zip(histories, reports, states)):
+            record = {"stage": 1, "epoch": epoch, "lr": lr, "train_loss": train_losses[i], **report,
+                      # a pack trains every seed's n images in this time
+                      "train_images_per_s": n / train_time, "epoch_time": epoch_time}
+            history.append(record)
+            if improved(record, bests[i], "top1"):
+                bests[i] = {"record": record, "model": state}
+            if on_epoch is not None:
+                on_epoch(i, record, {"stage": 1, "epoch": epoch + 1, "model": state,
+                                     "optimizer": optimizer_states[i], "sampler": samplers[i].state_dict(),
+                                     "aug_gen": aug_gens[i].get_state(), "history": history, "best": bests[i]})
 
-    last_state = clone_state(model)
-    if math.isnan(best["record"]["ncm_top1"]):
-        # ncm_every skipped the best epoch's NCM: evaluated now from its weights, as it would have been then
-        model.load_state_dict(best["model"])
-        ncm = {k: v for k, v in evaluate(model, net, data, cfg).items() if k.startswith("ncm_")}
-        model.load_state_dict(last_state)
-        best["record"].update(ncm)
-        history[best["record"]["epoch"]].update(ncm)
-    return StageResult(history=history, last=history[-1], best=best["record"],
-                       selected="best" if cfg.mode == "faithful" else "last",
-                       best_state=best["model"], last_state=last_state)
+    last_states = split_state(clone_state(model), k)
+    if any(math.isnan(best["record"]["ncm_top1"]) for best in bests):
+        # ncm_every skipped a best epoch's NCM: evaluated now from its weights, as it would have been then
+        model.load_state_dict(join_states([best["model"] for best in bests]))
+        for best, history, report in zip(bests, histories, evaluate_seeds(model, net, data, cfg, k)):
+            if math.isnan(best["record"]["ncm_top1"]):
+                ncm = {key: value for key, value in report.items() if key.startswith("ncm_")}
+                best["record"].update(ncm)
+                history[best["record"]["epoch"]].update(ncm)
+    return [StageResult(history=history, last=history[-1], best=best["record"],
+                        selected="best" if cfg.mode == "faithful" else "last",
+                        best_state=best["model"], last_state=last_state)
+            for history, best, last_state in zip(histories, bests, last_states)]
+
+
+def _shared(cfgs: Sequence[Stage1Config]) -> Stage1Config:
+    """Returns the settings the seeds of a pack share; raises ValueError unless seeds are all they differ in."""
+    if not cfgs:
+        raise ValueError("no stage-1 settings given: a pack trains at least one seed")
+    for cfg in cfgs:
+        cfg.validate()
+    seeds = [cfg.seed for cfg in cfgs]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds packed into one model must differ; got {seeds}")
+    shared = dataclasses.replace(cfgs[0], seed=0)
+    for cfg in cfgs[1:]:
+        if dataclasses.replace(cfg, seed=0) != shared:
+            changed = [f.name for f in dataclasses.fields(cfg) if f.name != "seed"
+                       and getattr(cfg, f.name) != getattr(shared, f.name)]
+            raise ValueError(f"seeds packed into one model must share every other stage-1 setting; seed {cfg.seed} "
+                             f"differs from seed {seeds[0]} in {', '.join(changed)}: train them apart")
+    return cfgs[0]
+
+
+def _resume_epoch(resumes: Sequence[dict]) -> int:
+    """Returns the epoch every seed's state resumes after; raises ValueError when they differ."""
+    epochs = [r["epoch"] for r in resumes]
+    if len(set(epochs)) > 1:
+        raise ValueError(f"seeds packed into one model resume together, but their states are after epochs {epochs}: "
+                         "resume them apart, or as packs of the seeds at the same epoch")
+    return epochs[0]
+
+
+def _stack(tensors: Sequence[Tensor]) -> Tensor:
+    """Returns the seeds' tensors with a seed dimension in front (a view for one seed: nothing copied)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)

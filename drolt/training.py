@@ -13,6 +13,7 @@ from .augment import ApplyDraws, Draws, apply_draws, concat_draws, draw, test_tr
 from .centroids import class_centroids
 from .data import LongTailData
 from .metrics import classification_report
+from .packed import pack
 from .sampling import batches
 
 # Called after every epoch with the epoch's record and the loop's full state (enough to resume from).
@@ -20,7 +21,12 @@ EpochCallback = Callable[[dict, dict], None]
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the message names the stage and epoch."""
+    """The training loss became NaN or infinite; the message names the stage and epoch (and `seed`, the
+    seed that diverged in a pack of seeds; None otherwise)."""
+
+    def __init__(self, message: str, seed: Optional[int] = None):
+        super().__init__(message)
+        self.seed = seed
 
 
 @dataclass
@@ -61,11 +67,12 @@ def device_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def check_finite(loss: float, stage: int, epoch: int) -> None:
-    """Raises TrainingDiverged when the epoch's mean loss is not finite."""
+def check_finite(loss: float, stage: int, epoch: int, seed: Optional[int] = None) -> None:
+    """Raises TrainingDiverged when the epoch's mean loss is not finite (`seed`: which seed of a pack)."""
     if not math.isfinite(loss):
-        raise TrainingDiverged(f"stage {stage} epoch {epoch}: training loss is {loss}; lower the learning "
-                               "rate or check the data (the unit is recorded as failed)")
+        which = f" (seed {seed}, trained packed with others)" if seed is not None else ""
+        raise TrainingDiverged(f"stage {stage} epoch {epoch}{which}: training loss is {loss}; lower the learning "
+                               "rate or check the data (the unit is recorded as failed)", seed)
 
 
 @torch.no_grad()
@@ -126,13 +133,34 @@ def augmented_batches(data: LongTailData, stream: Tensor, batch_size: int, gen: 
 def evaluate(model: nn.Module, net: Callable, data: LongTailData, cfg: Any, ncm: bool = True) -> dict:
     """Returns the test metrics of SPEC §5, NCM using centroids of the un-augmented LT training set (with
     `ncm=False` that pass over the training set is skipped and the NCM fields are NaN)."""
+    return evaluate_seeds(model, lambda x: tuple(t.unsqueeze(0) for t in net(x)), data, cfg, 1, ncm)[0]
+
+
+def evaluate_seeds(model: nn.Module, net: Callable, data: LongTailData, cfg: Any, k: int,
+                   ncm: bool = True) -> list[dict]:
+    """Returns `evaluate`'s metrics for each of K seeds packed into one model (drolt/packed.py): `net` takes
+    a packed batch and returns (features [K, n, 64], logits [K, n, C]); every seed sees the same images."""
     model.eval()
-    centroids = None
+
+    def seeds_last(x: Tensor) -> tuple[Tensor, Tensor]:  # extract concatenates chunks along the first dimension
+        z, logits = net(x)
+        return z.transpose(0, 1), logits.transpose(0, 1)
+
+    def every_seed(chunk: Tensor) -> Tensor:
+        x = test_transform(to_unit_float(chunk))
+        return pack(x.unsqueeze(0).expand(k, *x.shape))
+
+    def features(images: Tensor) -> tuple[Tensor, Tensor]:
+        z, logits = extract(seeds_last, images, cfg.eval_batch_size, every_seed, cfg)
+        return z.transpose(0, 1), logits.transpose(0, 1)
+
+    centroids: list[Optional[Tensor]] = [None] * k
     if ncm:
-        train_z, _ = extract(net, data.train_images, cfg.eval_batch_size, cfg=cfg)
-        centroids = class_centroids(train_z, data.train_labels, data.num_classes)
-    test_z, test_logits = extract(net, data.test_images, cfg.eval_batch_size, cfg=cfg)
-    return classification_report(test_logits, test_z, data.test_labels, centroids, data.class_counts)
+        train_z, _ = features(data.train_images)
+        centroids = [class_centroids(z, data.train_labels, data.num_classes) for z in train_z]
+    test_z, test_logits = features(data.test_images)
+    return [classification_report(logits, z, data.test_labels, c, data.class_counts)
+            for logits, z, c in zip(test_logits, test_z, centroids)]
 
 
 def improved(record: dict, best: Optional[dict], key: str) -> bool:

@@ -10,6 +10,7 @@ A stage whose `done` marker exists is not run again; one with a state.pt resumes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -19,7 +20,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import yaml
@@ -30,8 +31,9 @@ from .config import DATA_LOCATION, DataConfig, Stage1Config, Stage2Config, from_
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from .model import resnet32
 from .provenance import provenance
-from .stage1 import train_stage1
+from .stage1 import train_stage1, train_stage1_seeds
 from .stage2 import BANK_DRAWS, train_stage2
+from .training import StageResult, TrainingDiverged
 
 METHODS = ("ce", "ldam_drw", "dro_lt")
 
@@ -129,15 +131,80 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
 
     `report` is called with each epoch's record once the epoch's state is safely on disk.
     """
+    done, resume = _open_stage(stage, folder, log)
+    if done is not None:
+        return done
+    cfg = unit.stage1 if stage == 1 else unit.stage2
+    t0 = time.time()
+    on_epoch = _epoch_saver(folder, cfg.epochs, log, report)
+    if stage == 1:
+        result = train_stage1(cfg, data, device, on_epoch, resume)
+    else:
+        result = train_stage2(cfg, data, stage1_weights, device, on_epoch, resume)
+    return _finish_stage(stage, folder, result, cfg, data, device, t0)
+
+
+def run_stage1_pack(units: Sequence[UnitConfig], folders: Sequence[Path], data: LongTailData, device: torch.device,
+                    log: Log, report: Optional[Callable[[int, dict], None]] = None) -> list[Optional[dict]]:
+    """Runs the stage 1 of units that differ only in their seed, packed into one model (`train_stage1_seeds`),
+    each into its own folder exactly as `run_stage` would; returns their result.json contents in order, None
+    for a unit whose training diverged (its error.json says so; the others go on without it).
+
+    Done units are skipped; the others resume from their folders, in one pack per epoch they resume after.
+    `report(i, record)` is called with unit i's records as `run_stage`'s `report` is.
+    """
+    results: list[Optional[dict]] = [None] * len(units)
+    waiting: dict[int, Optional[dict]] = {}  # unit index -> the state it resumes from
+    for i, folder in enumerate(folders):
+        results[i], resume = _open_stage(1, folder, log)
+        if results[i] is None:
+            waiting[i] = resume
+    while waiting:
+        after = min(state["epoch"] if state else 0 for state in waiting.values())
+        pack = [i for i, state in waiting.items() if (state["epoch"] if state else 0) == after]
+        resumes = [waiting[i] for i in pack]
+        savers = [_epoch_saver(folders[i], units[i].stage1.epochs, _tagged(log, units[i].stage1.seed, len(pack)),
+                               report and functools.partial(report, i)) for i in pack]
+        if len(pack) > 1:
+            log(f"stage 1: seeds {', '.join(str(units[i].stage1.seed) for i in pack)} trained packed into one model")
+        t0 = time.time()
+        try:
+            trained = train_stage1_seeds([units[i].stage1 for i in pack], data, device,
+                                         lambda j, record, state: savers[j](record, state),
+                                         None if after == 0 else resumes)
+        except TrainingDiverged as err:
+            if err.seed is None or len(pack) == 1:
+                raise
+            # The others' last epochs are on disk: they resume without the seed that diverged.
+            diverged = next(i for i in pack if units[i].stage1.seed == err.seed)
+            record_failure(folders[diverged], err, epochs_done(folders[diverged]))
+            log(f"stage 1 seed {err.seed} failed: {err}; the pack goes on without it")
+            del waiting[diverged]
+            for i in waiting:
+                waiting[i] = _open_stage(1, folders[i], log)[1]
+            continue
+        for i, result in zip(pack, trained):
+            results[i] = _finish_stage(1, folders[i], result, units[i].stage1, data, device, t0, packed=len(pack))
+            del waiting[i]
+    return results
+
+
+def _tagged(log: Log, seed: int, k: int) -> Log:
+    """Returns `log` with each line naming the seed, where lines of several packed seeds interleave."""
+    return log if k == 1 else (lambda line: log(f"[seed {seed}] {line}"))
+
+
+def _open_stage(stage: int, folder: Path, log: Log) -> tuple[Optional[dict], Optional[dict]]:
+    """Returns (result.json contents, None) when the stage in `folder` is complete, else (None, the state it
+    resumes from or None), having cleared what an interrupted run left half-written."""
     done = read_result(folder)
     if done is not None and weights_loadable(folder):
         log(f"stage {stage}: already complete in {folder}")
-        return done
+        return done, None
     if (folder / "done").exists():
         log(f"warning: stage {stage} in {folder} is marked complete but its result or weights are damaged; "
             "rebuilding them from its last state")
         (folder / "done").unlink()
-    cfg = unit.stage1 if stage == 1 else unit.stage2
     discard_partial_writes(folder)  # callers hold the unit's folder_lock: no other process writes here
     resume = load_resume_state(folder, log)
     if resume is not None:
@@ -146,19 +213,24 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
             log("warning: an earlier drolt started this stage 2, its centroid banks drawing views per "
                 "eval_batch_size chunk; it goes on drawing them per pass, so its epochs mix the two (delete "
                 f"{folder} to train it anew)")
+    return None, resume
 
+
+def _epoch_saver(folder: Path, epochs: int, log: Log, report: Optional[Callable[[dict], None]]
+                 ) -> Callable[[dict, dict], None]:
+    """Returns the `on_epoch` that keeps a stage's state and records in `folder` after every epoch."""
     def on_epoch(record: dict, state: dict) -> None:
         save_state_keeping_previous(state, folder / "state.pt")
         write_jsonl(folder / "metrics.jsonl", state["history"])
-        log(format_record(record, cfg.epochs))
+        log(format_record(record, epochs))
         if report is not None:
             report(record)
+    return on_epoch
 
-    t0 = time.time()
-    if stage == 1:
-        result = train_stage1(cfg, data, device, on_epoch, resume)
-    else:
-        result = train_stage2(cfg, data, stage1_weights, device, on_epoch, resume)
+
+def _finish_stage(stage: int, folder: Path, result: StageResult, cfg: Stage1Config | Stage2Config,
+                  data: LongTailData, device: torch.device, started: float, packed: int = 1) -> dict:
+    """Writes a trained stage's records, weights and result.json, marks it done; returns the result."""
     write_jsonl(folder / "metrics.jsonl", result.history)  # with what the stage filled in at its end
     save_state(result.best_state, folder / "model_best.pt")
     save_state(result.last_state, folder / "model_last.pt")
@@ -166,7 +238,9 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
                "best": result.best, "config": dataclasses.asdict(cfg),
                # Summed over epochs, so a resumed stage still reports its whole training time.
                "wall_time_s": sum(r["epoch_time"] for r in result.history),
-               "started_at": t0, "finished_at": time.time(),
+               "started_at": started, "finished_at": time.time(),
+               # how many seeds its last run trained in one packed model (its epochs took the pack's time)
+               "packed_seeds": packed,
                "provenance": provenance(device, data.source, cfg.precision)}
     write_json(folder / "result.json", summary)
     (folder / "done").touch()

@@ -1,0 +1,198 @@
+"""K seeds of ResNet-32 as one model, so that one process trains several stage-1 units at once.
+
+A training step of ResNet-32 at batch 128 is a few hundred small kernels, each far from filling a large GPU;
+processes sharing the GPU mostly take turns. Packed, every kernel is K times wider instead of K times as many:
+each convolution becomes a grouped convolution (groups=K), each BatchNorm normalises K*C channels (its
+statistics are per channel, hence per seed), the classifier a batched matmul. Each seed keeps its own
+weights, batches and optimizer state: the loss is the sum of the seeds' losses, so each seed's gradient is
+its own, and SGD (momentum, weight decay) is elementwise, so one optimizer over the packed parameters is K
+optimizers. tests/test_packed.py checks this against K separate models in float64.
+
+A packed model's state dict has the keys of one ResNet-32's, each tensor holding the K seeds' tensors
+(`join_states`, `split_state`); so do the optimizer states, so every unit keeps the checkpoints of an
+unpacked one and can resume packed or alone.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .model import BasicBlock, CosineClassifier, ResNetCifar
+
+
+def pack(x: Tensor) -> Tensor:
+    """Returns K batches [K, B, C, H, W] as one packed batch [B, K*C, H, W] (seed i's image j in channels
+    [C*i, C*i + C) of row j), the input of a packed model."""
+    k, b, c, h, w = x.shape
+    return x.transpose(0, 1).reshape(b, k * c, h, w)
+
+
+def _packed_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    """Returns one grouped convolution computing each of `convs` on its own block of channels."""
+    c = convs[0]
+    if c.bias is not None or c.dilation != (1, 1) or c.groups != 1:  # what the packing below leaves out
+        raise ValueError("only ResNet-32's convolutions pack (no bias, no dilation, not grouped)")
+    packed = nn.Conv2d(len(convs) * c.in_channels, len(convs) * c.out_channels, c.kernel_size, c.stride,
+                       c.padding, groups=len(convs), bias=False, device=c.weight.device, dtype=c.weight.dtype)
+    packed.weight.data.copy_(torch.cat([conv.weight.detach() for conv in convs]))
+    return packed
+
+
+def _packed_bn(bns: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    """Returns one BatchNorm over the channels of all `bns`: its statistics are per channel, so per seed."""
+    bn = bns[0]
+    packed = nn.BatchNorm2d(len(bns) * bn.num_features, bn.eps, bn.momentum, device=bn.weight.device,
+                            dtype=bn.weight.dtype)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(packed, name).data.copy_(torch.cat([getattr(bn, name).detach() for bn in bns]))
+    return packed
+
+
+class PackedBlock(nn.Module):
+    """K BasicBlocks as one; the option-A shortcut pads each seed's channels, not the packed ones."""
+
+    def __init__(self, blocks: Sequence[BasicBlock]):
+        super().__init__()
+        self.k, self.pad, self.downsample = len(blocks), blocks[0].pad, blocks[0].downsample
+        self.conv1, self.bn1 = _packed_conv([b.conv1 for b in blocks]), _packed_bn([b.bn1 for b in blocks])
+        self.conv2, self.bn2 = _packed_conv([b.conv2 for b in blocks]), _packed_bn([b.bn2 for b in blocks])
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        if not self.downsample:
+            return x
+        # the 5-d pad returns a plain layout: give back the channels-last one the plain block keeps
+        layout = torch.channels_last if x.stride(1) == 1 else torch.contiguous_format
+        x = x[:, :, ::2, ::2]
+        b, kc, h, w = x.shape
+        padded = F.pad(x.reshape(b, self.k, kc // self.k, h, w), (0, 0, 0, 0, self.pad, self.pad))
+        return padded.reshape(b, -1, h, w).contiguous(memory_format=layout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class PackedLinear(nn.Module):
+    """K linear heads: weight [K, C, 64], bias [K, C]."""
+
+    def __init__(self, heads: Sequence[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([h.weight.detach() for h in heads]))
+        self.bias = nn.Parameter(torch.stack([h.bias.detach() for h in heads]))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), z, self.weight.transpose(1, 2))
+
+
+class PackedCosine(nn.Module):
+    """K cosine heads (LDAM-DRW's): weight [K, 64, C]."""
+
+    def __init__(self, heads: Sequence[CosineClassifier]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([h.weight.detach() for h in heads]))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.bmm(F.normalize(z, dim=2), F.normalize(self.weight, dim=1))
+
+
+class PackedResNet(nn.Module):
+    """K CIFAR ResNets with their own weights, run as one model: a packed batch [B, K*3, H, W] (`pack`) in,
+    (features [K, B, 64], logits [K, B, C]) out."""
+
+    def __init__(self, models: Sequence[ResNetCifar]):
+        super().__init__()
+        self.k = len(models)
+        self.conv1, self.bn1 = _packed_conv([m.conv1 for m in models]), _packed_bn([m.bn1 for m in models])
+        self.layers = nn.Sequential(*(PackedBlock(blocks) for blocks in zip(*(m.layers for m in models))))
+        heads = [m.fc for m in models]
+        self.fc = PackedCosine(heads) if isinstance(heads[0], CosineClassifier) else PackedLinear(heads)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b = x.shape[0]
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layers(out)
+        z = F.adaptive_avg_pool2d(out, 1).reshape(b, self.k, -1).transpose(0, 1)  # [K, B, 64]
+        return z, self.fc(z)
+
+
+class OneSeed(nn.Module):
+    """One model seen as a pack of one: the same input as `pack` makes for K = 1, outputs with a seed
+    dimension of 1. The model itself runs, unchanged: an unpacked unit computes what it always did."""
+
+    def __init__(self, model: ResNetCifar):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z, logits = self.model(x)
+        return z.unsqueeze(0), logits.unsqueeze(0)
+
+
+def packed_model(models: Sequence[ResNetCifar]) -> nn.Module:
+    """Returns the models as one: `OneSeed` for one, `PackedResNet` for several."""
+    return OneSeed(models[0]) if len(models) == 1 else PackedResNet(models)
+
+
+def _stacked(key: str) -> bool:
+    return key.startswith("fc.")  # the heads are stacked along a new first dimension, the rest concatenated
+
+
+def join_states(states: Sequence[dict]) -> dict:
+    """Returns the state dict of the packed model of K ResNet-32s from theirs (`packed_model`'s keys)."""
+    if len(states) == 1:
+        return {f"model.{key}": value for key, value in states[0].items()}
+    joined = {}
+    for key, first in states[0].items():
+        values = [s[key] for s in states]
+        if key.endswith("num_batches_tracked"):  # a step count, the same for every seed of a pack
+            joined[key] = first
+        else:
+            joined[key] = (torch.stack if _stacked(key) else torch.cat)(values)
+    return joined
+
+
+def split_state(state: dict, k: int) -> list[dict]:
+    """Returns the K ResNet-32 state dicts held in a packed model's state dict (`join_states` reversed)."""
+    if k == 1:
+        return [{key.removeprefix("model."): value for key, value in state.items()}]
+    out: list[dict] = [{} for _ in range(k)]
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            parts = [value] * k
+        else:
+            parts = value.unbind(0) if _stacked(key) else value.chunk(k)
+        for seed_state, part in zip(out, parts):
+            seed_state[key] = part.clone()
+    return out
+
+
+def split_optimizer_state(state: dict, model: nn.Module, k: int) -> list[dict]:
+    """Returns the K optimizer state dicts (SGD's momentum buffers sliced per seed) of a packed model's
+    optimizer, each as an optimizer over one ResNet-32's parameters holds it (the parameters' order is the
+    same)."""
+    names = [name for name, _ in model.named_parameters()]
+    out: list[dict] = [{"state": {}, "param_groups": state["param_groups"]} for _ in range(k)]
+    for index, values in state["state"].items():
+        buffer = values.get("momentum_buffer")
+        parts = [None] * k if buffer is None else [next(iter(one.values()))
+                                                   for one in split_state({names[index]: buffer}, k)]
+        for seed_state, part in zip(out, parts):
+            seed_state["state"][index] = {**values, "momentum_buffer": part}
+    return out
+
+
+def join_optimizer_states(states: Sequence[dict], model: nn.Module) -> dict:
+    """Returns the optimizer state of a packed model from its seeds' (`split_optimizer_state` reversed)."""
+    if len(states) == 1:
+        return states[0]
+    names = [name for name, _ in model.named_parameters()]
+    joined = {}
+    for index, values in states[0]["state"].items():
+        buffers = [s["state"][index].get("momentum_buffer") for s in states]
+        joined[index] = {**values, "momentum_buffer": None if buffers[0] is None
+                         else join_states([{names[index]: b} for b in buffers])[names[index]]}
+    return {"state": joined, "param_groups": states[0]["param_groups"]}

@@ -1,0 +1,175 @@
+"""Seeds packed into one model: the same training as each seed alone, checkpoints an unpacked unit can use,
+resuming, and the unit runner's handling of a seed that diverges."""
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import drolt.augment
+import drolt.training
+import drolt.unit
+from drolt.config import Stage1Config
+from drolt.model import resnet32
+from drolt.packed import (PackedResNet, join_optimizer_states, join_states, pack, packed_model,
+                          split_optimizer_state, split_state)
+from drolt.stage1 import train_stage1, train_stage1_seeds
+from drolt.training import TrainingDiverged
+from drolt.unit import UnitConfig, run_stage1_pack
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny(small_long_tail):
+    return small_long_tail(30, 5, 10)
+
+
+def s1(**kw):
+    return Stage1Config(**{"epochs": 2, "batch_size": 32, "warmup_epochs": 1, "eval_batch_size": 256, **kw})
+
+
+def seeds(cfg, *values):
+    return [dataclasses.replace(cfg, seed=s) for s in values]
+
+
+@pytest.fixture
+def float64(monkeypatch):
+    """Training in float64, where a grouped convolution sums as the separate ones do: a packing mistake of any
+    size shows instead of hiding in float32 rounding."""
+    def unit_float(x):
+        return x.to(torch.float64).div(255)
+    monkeypatch.setattr(drolt.augment, "to_unit_float", unit_float)
+    monkeypatch.setattr(drolt.training, "to_unit_float", unit_float)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(default)
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_packed_model_computes_what_the_separate_models_compute(cosine):
+    torch.manual_seed(0)
+    models = [resnet32(10, cosine_head=cosine).double() for _ in range(3)]
+    with torch.no_grad():  # each seed's BatchNorms their own statistics, so a mixed-up seed order would show
+        for bn in (m for model in models for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                t.copy_(torch.rand_like(t) + 0.5)
+    packed = PackedResNet(models)
+    x = torch.randn(3, 8, 3, 32, 32, dtype=torch.float64)
+    for train in (True, False):
+        for net in (*models, packed):
+            net.train(train)
+        z, logits = packed(pack(x))
+        for i, model in enumerate(models):
+            zi, li = model(x[i])
+            torch.testing.assert_close(z[i], zi, rtol=0, atol=1e-10)
+            torch.testing.assert_close(logits[i], li, rtol=0, atol=1e-10)
+    for got, want in zip(split_state(packed.state_dict(), 3), (m.state_dict() for m in models)):
+        assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], rtol=0, atol=1e-10) for k in want)
+
+
+def test_states_split_into_what_a_resnet32_loads_and_join_back():
+    torch.manual_seed(0)
+    models = [resnet32(10) for _ in range(2)]
+    packed = packed_model(models)
+    opt = torch.optim.SGD(packed.parameters(), lr=0.1, momentum=0.9)
+    _, logits = packed(pack(torch.randn(2, 4, 3, 32, 32)))
+    logits.sum().backward()
+    opt.step()
+    seed_states = split_state(packed.state_dict(), 2)
+    for state in seed_states:
+        resnet32(10).load_state_dict(state)  # an unpacked unit (or stage 2) takes a packed seed's weights
+    joined = join_states(seed_states)
+    assert all(torch.equal(joined[k], v) for k, v in packed.state_dict().items())
+    opt_states = split_optimizer_state(opt.state_dict(), packed, 2)
+    alone = torch.optim.SGD(resnet32(10).parameters(), lr=0.1, momentum=0.9)
+    alone.load_state_dict(opt_states[1])  # the format of one ResNet-32's optimizer
+    back = join_optimizer_states(opt_states, packed)
+    assert all(torch.equal(back["state"][i]["momentum_buffer"], s["momentum_buffer"])
+               for i, s in opt.state_dict()["state"].items())
+    one = packed_model(models[:1])  # a pack of one is the model itself, its keys unchanged once split
+    assert split_state(one.state_dict(), 1)[0].keys() == models[0].state_dict().keys()
+
+
+@pytest.mark.parametrize("method", ["ce", "ldam_drw"])
+def test_packed_seeds_train_exactly_as_each_seed_alone_in_float64(tiny, float64, method):
+    cfg = s1(method=method, drw_start_epoch=1)
+    packed = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU)
+    for seed, result in zip((0, 1), packed):
+        alone = train_stage1(dataclasses.replace(cfg, seed=seed), tiny, CPU)
+        for a, p in zip(alone.history, result.history):
+            assert (a["train_loss"], a["top1"], a["ncm_top1"]) == pytest.approx(
+                (p["train_loss"], p["top1"], p["ncm_top1"]), rel=1e-9)
+        assert all(torch.allclose(alone.last_state[k], result.last_state[k], rtol=0, atol=1e-9)
+                   for k in alone.last_state)
+    assert packed[0].history[-1]["train_loss"] != packed[1].history[-1]["train_loss"]  # two seeds, two runs
+
+
+def test_packed_seeds_in_float32_stay_within_rounding_of_each_seed_alone(tiny):
+    cfg = s1(epochs=1, lr=0.01)
+    for seed, result in zip((0, 1), train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU)):
+        alone = train_stage1(dataclasses.replace(cfg, seed=seed), tiny, CPU)
+        assert result.last["train_loss"] == pytest.approx(alone.last["train_loss"], rel=1e-4)
+
+
+def test_a_pack_resumed_after_an_epoch_gives_the_same_numbers_as_uninterrupted(tiny):
+    cfg = s1(epochs=3)
+    states = {}
+    full = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU,
+                              on_epoch=lambda i, record, state: states.setdefault((i, state["epoch"]), _copy(state)))
+    resumed = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU, resumes=[states[(0, 1)], states[(1, 1)]])
+    for a, b in zip(full, resumed):
+        assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+        assert all(torch.equal(a.last_state[k], b.last_state[k]) for k in a.last_state)
+
+
+def _copy(state):
+    import io
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_a_pack_refuses_seeds_with_other_settings_or_states_at_other_epochs(tiny):
+    with pytest.raises(ValueError, match="differs from seed 0 in lr"):
+        train_stage1_seeds([s1(seed=0), s1(seed=1, lr=0.2)], tiny, CPU)
+    with pytest.raises(ValueError, match="must differ"):
+        train_stage1_seeds([s1(seed=1), s1(seed=1)], tiny, CPU)
+    with pytest.raises(ValueError, match="after epochs"):
+        train_stage1_seeds(seeds(s1(), 0, 1), tiny, CPU, resumes=[{"epoch": 1}, {"epoch": 2}])
+
+
+def test_the_unit_runner_keeps_each_seed_in_its_own_folder_and_goes_on_without_a_seed_that_diverges(
+        tiny, tmp_path, monkeypatch):
+    units = [UnitConfig(method="ce", stage1=s1(seed=s)) for s in (0, 1, 2)]
+    folders = [tmp_path / f"unit{s}" for s in (0, 1, 2)]
+    real, calls = train_stage1_seeds, []
+
+    def seed_1_diverges_in_epoch_1(cfgs, data, device, on_epoch=None, resumes=None):
+        calls.append(([c.seed for c in cfgs], resumes is not None))
+        if 1 in [c.seed for c in cfgs]:
+            def stop(i, record, state):
+                on_epoch(i, record, state)
+                if i == len(cfgs) - 1:  # every seed's epoch 0 is on disk, as when epoch 1 then diverges
+                    raise TrainingDiverged("stage 1 epoch 1 (seed 1, trained packed with others): loss is nan", 1)
+            return real(cfgs, data, device, stop, resumes)
+        return real(cfgs, data, device, on_epoch, resumes)
+    monkeypatch.setattr(drolt.unit, "train_stage1_seeds", seed_1_diverges_in_epoch_1)
+    lines = []
+    results = run_stage1_pack(units, folders, tiny, CPU, lines.append)
+    assert calls == [([0, 1, 2], False), ([0, 2], True)]  # the others resumed after their epoch 0
+    assert results[1] is None and json.loads((folders[1] / "error.json").read_text())["type"] == "TrainingDiverged"
+    for i in (0, 2):
+        result = json.loads((folders[i] / "result.json").read_text())
+        assert result["packed_seeds"] == 2 and len(result["config"]) and result["last"]["epoch"] == 1
+        assert (folders[i] / "done").exists() and not (folders[i] / "error.json").exists()
+        resnet32(10).load_state_dict(torch.load(folders[i] / "model_best.pt", weights_only=True))
+    assert any("[seed 2] stage 1 epoch 2/2" in line for line in lines)
+    assert any("the pack goes on without it" in line for line in lines)
+    # run again: the finished seeds are reused, not retrained
+    monkeypatch.setattr(drolt.unit, "train_stage1_seeds", real)
+    again = run_stage1_pack([units[0], units[2]], [folders[0], folders[2]], tiny, CPU, lines.append)
+    assert [r["finished_at"] for r in again] == [results[0]["finished_at"], results[2]["finished_at"]]
