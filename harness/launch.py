@@ -6,6 +6,7 @@ raise when trials fail, so the outcome is read back from the unit folders, which
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -120,35 +121,60 @@ def _epochs(unit: Unit) -> int:
     return int(unit.settings[key]["epochs"])
 
 
+def packs(units: list[Unit], size: int) -> list[list[Unit]]:
+    """Returns the units as trials: stage-1 units that differ only in their seed in packs of at most `size`
+    (as even as can be), every other unit alone."""
+    groups: dict[str, list[Unit]] = {}
+    for unit in units:
+        if unit.stage != 1 or size == 1:
+            groups[unit.id] = [unit]
+            continue
+        settings = {**unit.settings, "stage1": {k: v for k, v in unit.settings["stage1"].items() if k != "seed"}}
+        groups.setdefault(json.dumps(settings, sort_keys=True), []).append(unit)
+    out = []
+    for group in groups.values():
+        count = -(-len(group) // size)  # ceiling: the fewest packs, then their sizes evened out
+        out += [group[i::count] for i in range(count)]
+    return out
+
+
+def _trial_name(trial) -> str:
+    ids = [unit["id"] for unit in trial.config["units"]]
+    return ids[0] + (f"+{len(ids) - 1}" if len(ids) > 1 else "")
+
+
 def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: float, started: float) -> None:
     from ray import tune
 
-    from trainables.stage import train_unit
+    from trainables.stage import train_units
 
     from .progress import GridProgress
     grid = plan.grid
     for unit in units:
         prepare(grid.storage, unit)
     progress = GridProgress(units, plan.count("done"), len(plan.units), _epochs, grid.storage, started, log, every)
+    trials = packs(units, grid.pack_seeds)
     tuner = tune.Tuner(
-        tune.with_resources(train_unit, resources),
-        param_space={"unit": tune.grid_search([{**dataclasses.asdict(u), "drolt": u.drolt_settings()}
-                                               for u in units]),
+        tune.with_resources(train_units, resources),
+        param_space={"units": tune.grid_search([[{**dataclasses.asdict(u), "drolt": u.drolt_settings()} for u in pack]
+                                                for pack in trials]),
                      "storage": str(grid.storage)},
-        tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["unit"]["id"],
-                                    trial_dirname_creator=lambda t: t.config["unit"]["id"]),
+        tune_config=tune.TuneConfig(trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             storage_path=str(grid.storage / "_ray"), name=f"{grid.name}-stage{units[0].stage}-{int(time.time())}",
             verbose=0, callbacks=[progress], failure_config=tune.FailureConfig(max_failures=grid.max_failures)))
     results = tuner.fit()
     # A trial whose process died on every retry never wrote error.json: record Ray's word for it.
+    errored = set()
     for result in results:
-        unit_id = result.config["unit"]["id"]
-        if result.error is not None and read_state(grid.storage, plan.units[unit_id]).status != "failed":
-            record_failure(grid.storage / unit_id, result.error, epochs_done(grid.storage / unit_id))
+        for unit_id in (unit["id"] for unit in result.config["units"]):
+            if result.error is None:
+                continue
+            errored.add(unit_id)
+            if read_state(grid.storage, plan.units[unit_id]).status not in ("failed", "done"):
+                record_failure(grid.storage / unit_id, result.error, epochs_done(grid.storage / unit_id))
     # On Ctrl-C Ray Tune stops the trials and returns as if the wave had ended: a unit neither done nor failed
     # was stopped, and the next wave (stage 2 on the stage-1 units that did finish) must not start.
-    errored = {result.config["unit"]["id"] for result in results if result.error is not None}
     stopped = [u for u in units if u.id not in errored and not (grid.storage / u.id / "error.json").exists()
                and read_state(grid.storage, u).status != "done"]
     if stopped:
@@ -170,6 +196,8 @@ def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every:
             plan = make_plan(grid)
             todo = [u for u in plan.todo(stage) if u.depends_on is None or plan.states[u.depends_on].status == "done"]
             if todo:
-                log(f"stage {stage}: {len(todo)} unit(s), {resources['cpu']:g} CPU / {resources['gpu']:g} GPU each")
+                trials = len(packs(todo, grid.pack_seeds))
+                per = "each" if trials == len(todo) else f"per trial ({trials} trials, seeds packed)"
+                log(f"stage {stage}: {len(todo)} unit(s), {resources['cpu']:g} CPU / {resources['gpu']:g} GPU {per}")
                 _fit_wave(plan, todo, resources, log, every, started)
         return make_plan(grid)

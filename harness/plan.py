@@ -31,6 +31,9 @@ class Plan:
                  f"{sum(u.stage == 2 for u in self.units.values())} stage-2); storage {self.grid.storage}"]
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
+        if self.grid.pack_seeds > 1:
+            lines.append(f"  stage-1 units that differ only in their seed train packed, up to {self.grid.pack_seeds} "
+                         "per trial (pack_seeds)")
         configs = {u.id: u.config() for u in self.units.values()}
         warnings = {w for u in self.units.values() if u.stage == 1 for w in configs[u.id].stage1.warnings()}
         # the run would stop at its start for want of data: said now, not after the plan looked fine

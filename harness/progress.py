@@ -36,16 +36,19 @@ class GridProgress(Callback):
         self.started = started
         self.last_line = 0.0
 
-    def _unit(self, trial) -> Unit:
-        return self.units[trial.config["unit"]["id"]]
+    def _units(self, trial) -> list[Unit]:
+        """The units a trial trains: one, or a pack of stage-1 seeds."""
+        return [self.units[unit["id"]] for unit in trial.config["units"]]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        unit = self._unit(trial)
-        self.running.add(unit.id)
-        self.log(f"[{_duration(time.time() - self.started)}] start  {unit.id} {unit.label}")
+        units = self._units(trial)
+        packed = f" (packed with {len(units) - 1} other seed(s))" if len(units) > 1 else ""
+        for unit in units:
+            self.running.add(unit.id)
+            self.log(f"[{_duration(time.time() - self.started)}] start  {unit.id} {unit.label}{packed}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        unit = self._unit(trial)
+        unit = self._units(trial)[int(result.get("unit", 0))]
         self.epochs[unit.id] = int(result.get("epoch", 0)) + 1
         if "epoch_time" in result:
             self.epoch_times.append(float(result["epoch_time"]))
@@ -54,16 +57,17 @@ class GridProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # A trial that recorded a deterministic failure (NaN loss) ends normally: the folder says which.
-        unit = self._unit(trial)
-        self._finish(unit, ok=is_done(self.storage, unit.id))
+        for unit in self._units(trial):
+            self._finish(unit, ok=is_done(self.storage, unit.id))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(self._unit(trial), ok=False)
+        for unit in self._units(trial):
+            self._finish(unit, ok=is_done(self.storage, unit.id))  # a pack's others may have finished
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        unit = self._unit(trial)
-        self.log(f"[{_duration(time.time() - self.started)}] retry  {unit.id} {unit.label} "
-                 "(its process died; it resumes from its last epoch)")
+        for unit in self._units(trial):
+            self.log(f"[{_duration(time.time() - self.started)}] retry  {unit.id} {unit.label} "
+                     "(its process died; it resumes from its last epoch)")
 
     def _finish(self, unit: Unit, ok: bool) -> None:
         self.running.discard(unit.id)

@@ -88,6 +88,8 @@ INVALID = {
     "data_synthetic_negative": ({"data": {"synthetic": -1}}, ["synthetic", ">= 0", "-1"]),
     "allow_cpu_fallback_not_bool": ({"allow_cpu_fallback": "yes"}, ["allow_cpu_fallback", "bool", "yes"]),
     "max_failures_negative": ({"max_failures": -1}, ["max_failures", ">= 0", "-1"]),
+    "pack_seeds_zero": ({"pack_seeds": 0}, ["pack_seeds", ">= 1", "0"]),
+    "pack_seeds_not_an_int": ({"pack_seeds": 2.5}, ["pack_seeds", "int", "2.5"]),
 }
 
 
@@ -414,11 +416,28 @@ def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path)
     lines = []
     progress = GridProgress([resumed, fresh], 0, 2, lambda u: 8, tmp_path, 0.0, lines.append)
     for unit in (resumed, fresh):
-        progress.on_trial_start(0, [], SimpleNamespace(config={"unit": {"id": unit.id}}))
-    progress.on_trial_result(0, [], SimpleNamespace(config={"unit": {"id": fresh.id}}), {"epoch": 0, "epoch_time": 1.0})
+        progress.on_trial_start(0, [], SimpleNamespace(config={"units": [{"id": unit.id}]}))
+    progress.on_trial_result(0, [], SimpleNamespace(config={"units": [{"id": fresh.id}]}), {"epoch": 0, "epoch_time": 1.0})
     progress.status_line()
     assert "running: aaaaaa ep 2/8, bbbbbb ep 1/8" in lines[-1]
     assert "ETA ~0m06s" in lines[-1]  # 6 + 7 epochs left, 1 s each, 2 at a time
+
+
+def test_seeds_pack_only_with_units_of_the_same_other_settings_and_in_even_packs(tmp_path):
+    from harness.launch import packs
+    grid = load_grid(_write(tmp_path / "g.yaml", {"seeds": [0, 1, 2, 3, 4], "rhos": [10, 20],
+                                                  "methods": ["ce", "ldam_drw", "dro_lt"], "pack_seeds": 3}))
+    units = list(_units(grid).values())
+    trials = packs(units, grid.pack_seeds)
+    stage1 = [pack for pack in trials if pack[0].stage == 1]
+    assert sorted(len(pack) for pack in stage1) == [2, 2, 2, 2, 3, 3, 3, 3]  # 5 seeds of 4 settings: 3 + 2 each
+    for pack in stage1:
+        settings = {json.dumps({**u.settings, "stage1": {k: v for k, v in u.settings["stage1"].items() if k != "seed"}},
+                               sort_keys=True) for u in pack}
+        assert len(settings) == 1 and len({u.settings["stage1"]["seed"] for u in pack}) == len(pack)
+    assert all(len(pack) == 1 for pack in trials if pack[0].stage == 2)  # stage 2 trains unpacked
+    assert sorted(u.id for pack in trials for u in pack) == sorted(u.id for u in units)
+    assert all(len(pack) == 1 for pack in packs(units, 1))
 
 
 def test_a_finished_stage_1_whose_weights_are_damaged_is_rebuilt_not_trusted(tmp_path):
@@ -483,7 +502,7 @@ def test_a_unit_that_failed_without_running_is_recorded_as_failed_not_as_a_ctrl_
             pass
 
         def fit(self):
-            return [SimpleNamespace(config={"unit": {"id": unit.id}}, error=RuntimeError("CUDA out of memory"))]
+            return [SimpleNamespace(config={"units": [{"id": unit.id}]}, error=RuntimeError("CUDA out of memory"))]
     monkeypatch.setattr(ray.tune, "Tuner", FailedWave)
     _fit_wave(make_plan(grid), [unit], {"cpu": 1, "gpu": 0}, lambda line: None, 30.0, 0.0)
     assert "CUDA out of memory" in (grid.storage / unit.id / "error.json").read_text()

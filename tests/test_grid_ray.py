@@ -205,6 +205,24 @@ def test_rerun_of_a_completed_grid_trains_nothing(packed, capsys):
     assert {uid: _mtimes(storage / uid) for uid in before} == before
 
 
+def test_seeds_packed_into_one_trial_train_each_unit_into_its_folder_and_stage_2_starts_from_them(
+        local_ray, data_root, tmp_path):
+    local_ray.start(num_gpus=1)
+    path = _grid(tmp_path, data_root, name="seedpacks", seeds=[0, 1, 2], methods=["ce", "dro_lt"], pack_seeds=2)
+    lines = []
+    plan = run_grid(load_grid(path), log=lines.append, every=1)
+    assert plan.count("done") == 6, lines  # 3 stage-1 units in 2 trials, then 3 stage-2 units
+    assert "stage 1: 3 unit(s), 0.5 CPU / 0 GPU per trial (2 trials, seeds packed)" in lines
+    units = _units(path)
+    packed = {seed: _result(path, units[f"cifar10 rho10 s0 seed{seed} stage1 ce"])["packed_seeds"] for seed in (0, 1, 2)}
+    assert sorted(packed.values()) == [1, 2, 2]
+    stage1 = [json.loads(line) for line in
+              (load_grid(path).storage / units["cifar10 rho10 s0 seed0 stage1 ce"].id / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in stage1] == [0, 1]
+    assert sum("packed with 1 other seed(s)" in line for line in lines) == 2
+    assert all(_result(path, u)["last"]["epoch"] == 1 for u in units.values() if u.stage == 2)
+
+
 @pytest.fixture(scope="module")
 def with_failure(local_ray, data_root, tmp_path_factory):
     """A grid whose LDAM-DRW unit diverges (LR 1e30) while its CE unit trains normally; returns the grid file."""

@@ -1,11 +1,14 @@
-"""The Ray Tune trainable: one stage of one unit, run through `drolt` into the unit's folder.
+"""The Ray Tune trainable: one stage of one unit (or the stage 1 of a pack of seeds), run through `drolt` into
+the units' folders.
 
 The unit folder is the checkpoint store: every epoch's state is written there atomically, so a retried trial,
 a re-run after the driver died and another grid sharing the storage all resume from the same files.
 """
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import ExitStack
 from pathlib import Path
 
 import ray
@@ -15,7 +18,7 @@ from ray import tune
 from drolt.checkpoint import folder_lock, load_state
 from drolt.data import DataError
 from drolt.training import TrainingDiverged
-from drolt.unit import epochs_done, load_data, record_failure, run_stage, unit_from_dict
+from drolt.unit import epochs_done, load_data, record_failure, run_stage, run_stage1_pack, unit_from_dict
 
 # Per-class lists and radii stay in metrics.jsonl; Ray gets the scalars.
 _SCALARS = ("epoch", "lr", "train_loss", "loss", "ce_loss", "robust_loss", "top1", "top5", "many", "medium",
@@ -36,26 +39,46 @@ def _metrics(record: dict) -> dict:
                                                                     and math.isnan(record[k]))}
 
 
-def train_unit(config: dict) -> None:
-    """Runs one unit into <storage>/<unit id>/.
+def train_units(config: dict) -> None:
+    """Runs one unit, or the stage 1 of units that differ only in their seed packed into one model, into
+    <storage>/<unit id>/ each.
 
-    config = {"unit": {"id", "stage", "settings", "depends_on", "drolt": the settings drolt takes (method,
-    data, stage1[, stage2])}, "storage": absolute path of the storage folder}.
+    config = {"units": [{"id", "stage", "settings", "depends_on", "drolt": the settings drolt takes (method,
+    data, stage1[, stage2])}, ...], "storage": absolute path of the storage folder}. Each report carries
+    "unit", the index of the unit its record belongs to.
     """
-    unit, storage = config["unit"], Path(config["storage"])
-    folder = storage / unit["id"]
-    with folder_lock(folder, wait_s=120, holder="another drolt run"):
+    units, storage = config["units"], Path(config["storage"])
+    folders = [storage / unit["id"] for unit in units]
+    with ExitStack() as held:
+        for folder in folders:
+            held.enter_context(folder_lock(folder, wait_s=120, holder="another drolt run"))
         try:
-            cfg = unit_from_dict(unit["drolt"], where=f"unit {unit['id']}")
+            cfgs = [unit_from_dict(unit["drolt"], where=f"unit {unit['id']}") for unit in units]
             device = trial_device()
-            data = load_data(cfg.data).to(device)
-            weights = None
-            if unit["stage"] == 2:
+            data = load_data(cfgs[0].data).to(device)
+
+            def report(i: int, record: dict) -> None:
+                tune.report({**_metrics(record), "unit": i})
+            if units[0]["stage"] == 1:
+                run_stage1_pack(cfgs, folders, data, device, _log, report)
+            else:
+                unit = units[0]
                 weights = load_state(storage / unit["depends_on"] / f"model_{unit['settings']['handoff']}.pt")
-            run_stage(unit["stage"], cfg, data, device, folder, log=lambda line: print(line, flush=True),
-                      stage1_weights=weights, report=lambda record: tune.report(_metrics(record)))
+                run_stage(2, cfgs[0], data, device, folders[0], _log, stage1_weights=weights,
+                          report=functools.partial(report, 0))
         except _DETERMINISTIC as err:
-            record_failure(folder, err, epochs_done(folder))
+            _record_unfinished(folders, err)
         except Exception as err:
-            record_failure(folder, err, epochs_done(folder))
+            _record_unfinished(folders, err)
             raise
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _record_unfinished(folders: list[Path], err: BaseException) -> None:
+    """Records the failure in every unit of the trial that is not done (a pack's others may have finished)."""
+    for folder in folders:
+        if not (folder / "done").exists():
+            record_failure(folder, err, epochs_done(folder))
