@@ -1,6 +1,6 @@
 """How many trials one GPU should run at once: 1, 2, 4, 8 concurrent processes, as Ray packs them.
 
-    PYTHONPATH=. python3 -m benchmarks.gpu_packing [--stage 2] [--loops-json loops.json]
+    PYTHONPATH=. python3 -m benchmarks.gpu_packing [--stage 2 | --seeds 3] [--loops-json loops.json]
 
 For each count k, k processes each run the project's stage 1 (`drolt.stage1.train_stage1`, CE, batch 128),
 or with --stage 2 its DRO-LT feature epochs (`drolt.stage2.train_stage2`, from fresh weights: the same
@@ -10,6 +10,12 @@ are ready, then runs whole epochs (training and the per-epoch evaluation) for --
 epochs that end inside the window count, so every counted epoch ran alongside all k processes.
 Aggregate images/s = sum over processes of (training images of counted epochs / their time); a stage-2
 epoch's training images are its two passes over the class-aware stream (centroid bank and training).
+
+--seeds K (stage 1 only) makes each process train seeds K*rank .. K*rank+K-1 packed into one model
+(`drolt.stage1.train_stage1_seeds`, what the harness runs with the grid key `pack_seeds`); a counted epoch
+then counts K x its training images. Packed seeds make each kernel K times wider, which packing processes
+alone cannot (K processes launch K times as many kernels instead). Compare runs with --seeds 1 and --seeds 3
+by aggregate images/s.
 
 Recommended trials per GPU: the count after which doubling adds less than 10% aggregate throughput.
 For stage 1, a grid estimate (printed with its formula) combines the single-process stage-1 rates measured
@@ -22,6 +28,7 @@ unless --allow-cpu (to test the script itself with tiny sizes).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -39,7 +46,7 @@ from benchmarks.grid_estimate import GRID, TEST_IMAGES, cell_sizes
 from drolt.config import Stage1Config, Stage2Config
 from drolt.model import resnet32
 from drolt.sampling import make_sampler
-from drolt.stage1 import train_stage1
+from drolt.stage1 import train_stage1_seeds
 from drolt.stage2 import train_stage2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +59,9 @@ class WindowClosed(Exception):
 class Window:
     """Epoch callback of a worker: warm-up epoch, wait for the common start, count epochs until the deadline."""
 
-    def __init__(self, sync_dir: Path, rank: int, train_images: int, eval_images: int):
-        self.sync_dir, self.rank = sync_dir, rank
+    def __init__(self, sync_dir: Path, rank: int, train_images: int, eval_images: int, seeds: int = 1):
+        # images of one seed's epoch; a pack of `seeds` trains and evaluates each of them once per seed
+        self.sync_dir, self.rank, self.seeds = sync_dir, rank, seeds
         self.train_images, self.eval_images = train_images, eval_images
         self.deadline: float | None = None
         self.start = 0.0
@@ -74,7 +82,7 @@ class Window:
         if now >= self.deadline:
             raise WindowClosed
         self.ends.append(now)
-        train = self.train_images / record["train_images_per_s"]
+        train = self.train_images / record["train_images_per_s"]  # a pack's record: one seed's images per s
         self.train_s.append(train)
         self.eval_s.append(record["epoch_time"] - train)
 
@@ -83,10 +91,11 @@ class Window:
         if not self.ends:
             return {"rank": self.rank, "epochs": 0}
         seconds = self.ends[-1] - self.start
-        return {"rank": self.rank, "epochs": len(self.ends), "seconds": seconds,
-                "images_per_s": len(self.ends) * self.train_images / seconds,
-                "train_images_per_s": self.train_images / statistics.median(self.train_s),
-                "eval_images_per_s": self.eval_images / statistics.median(self.eval_s)}
+        train_images, eval_images = self.seeds * self.train_images, self.seeds * self.eval_images
+        return {"rank": self.rank, "seeds": self.seeds, "epochs": len(self.ends), "seconds": seconds,
+                "images_per_s": len(self.ends) * train_images / seconds,
+                "train_images_per_s": train_images / statistics.median(self.train_s),
+                "eval_images_per_s": eval_images / statistics.median(self.eval_s)}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -104,10 +113,15 @@ def worker(args: argparse.Namespace) -> None:
         data = scaled(data, args.subsample)  # every class in proportion: the stream pass shrinks too
         train_images = 2 * len(make_sampler(cfg2.sampler, data.train_labels, data.num_classes, 0).next_pass())
     data = data.to(device)
-    window = Window(Path(args.sync_dir), args.rank, train_images, len(data.train_labels) + len(data.test_labels))
+    window = Window(Path(args.sync_dir), args.rank, train_images, len(data.train_labels) + len(data.test_labels),
+                    args.seeds)
     try:
         if args.stage == 1:
-            train_stage1(cfg1, data, device, on_epoch=window)
+            # K = 1: the process's own seed, as train_stage1 trains it; no two processes share a seed
+            cfgs = [dataclasses.replace(cfg1, seed=cfg1.seed * args.seeds + s) for s in range(args.seeds)]
+            # every seed of a pack shares the epoch's time: seed 0's call stands for the epoch
+            train_stage1_seeds(cfgs, data, device, on_epoch=lambda i, record, state: window(record, state)
+                               if i == 0 else None)
         else:
             torch.manual_seed(args.rank)
             train_stage2(cfg2, data, resnet32(data.num_classes).state_dict(), device, on_epoch=window)
@@ -138,8 +152,9 @@ def run_count(count: int, args: argparse.Namespace) -> dict:
         sync_dir = Path(tmp)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        common = ["--stage", str(args.stage), "--dataset", args.dataset, "--rho", str(args.rho), "--threads", str(args.threads),
-                  "--subsample", str(args.subsample), "--sync-dir", tmp,
+        common = ["--stage", str(args.stage), "--seeds", str(args.seeds), "--dataset", args.dataset,
+                  "--rho", str(args.rho), "--threads", str(args.threads), "--subsample", str(args.subsample),
+                  "--sync-dir", tmp,
                   *(f"--set={pair}" for pair in args.set)]
         procs = []
         for rank in range(count):
@@ -195,7 +210,7 @@ def recommend(runs: list[dict], min_gain: float = 0.10) -> int:
     return best
 
 
-def grid_estimate(single: dict, gain: float, loops: dict | None) -> list[str]:
+def grid_estimate(single: dict, gain: float, loops: dict | None, seeds: int = 1) -> list[str]:
     """Returns the lines estimating the paper grid's wall time on one GPU, formula first."""
     r_tr, r_ev = single["train_images_per_s"], single["eval_images_per_s"]
     p = GRID["stream_pass"]
@@ -212,7 +227,8 @@ def grid_estimate(single: dict, gain: float, loops: dict | None) -> list[str]:
     lines = [
         "grid estimate, one GPU: T = [sum_units1 200 (n/r_tr + (n + 10k)/r_ev) + sum_units2 100 t2] / G",
         f"  n: the unit's LT training images; 36 stage-1 and 36 stage-2 units, 6 per (dataset, rho); P = {p};",
-        f"  r_tr = {r_tr:.0f}, r_ev = {r_ev:.0f} images/s: one process's stage-1 training / evaluation rates (k=1);",
+        f"  r_tr = {r_tr:.0f}, r_ev = {r_ev:.0f} images/s: one process's stage-1 training / evaluation rates (k=1"
+        + (f", its {seeds} seeds together: every stage-1 unit packed);" if seeds > 1 else ");"),
         f"  {t2_text};",
         "  all 100 stage-2 epochs charged as feature epochs (the 20 classifier epochs are cheaper);",
         f"  G = {gain:.2f}: aggregate gain of the recommended packing over one process (assumed for stage 2 too).",
@@ -230,16 +246,19 @@ def grid_estimate(single: dict, gain: float, loops: dict | None) -> list[str]:
 
 def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict | None) -> None:
     what = "stage 1 CE" if args.stage == 1 else "stage 2 DRO-LT feature epochs"
+    if args.stage == 1:
+        what += f", {args.seeds} seed(s) packed into one model per process"
     print(f"packing: {device} | torch {torch.__version__} | {what} on synthetic {args.dataset}-LT rho "
           f"{args.rho:g} (x{args.subsample:g}) | {args.threads} CPU threads per process | window {args.window:g} s"
           f" | settings: {' '.join(args.set) or 'defaults'}")
-    print(f"{'procs':>5}{'aggregate img/s':>17}{'vs 1':>7}{'per proc img/s':>16}{'epochs':>8}"
+    print(f"{'procs':>5}{'seeds/proc':>11}{'aggregate img/s':>17}{'vs 1':>7}{'per proc img/s':>16}{'epochs':>8}"
           f"{'alloc MiB':>11}{'reserved MiB':>14}{'nvidia-smi MiB':>16}")
     base = runs[0]["aggregate_images_per_s"]
     for run in runs:
         w = run["workers"]
         smi = f"{max(run['nvidia_smi_mib']):.0f}" if run["nvidia_smi_mib"] else "n/a"
-        print(f"{run['count']:>5}{run['aggregate_images_per_s']:>17.0f}{run['aggregate_images_per_s'] / base:>6.2f}x"
+        print(f"{run['count']:>5}{args.seeds:>11}{run['aggregate_images_per_s']:>17.0f}"
+              f"{run['aggregate_images_per_s'] / base:>6.2f}x"
               f"{statistics.median(r['images_per_s'] for r in w):>16.0f}{sum(r['epochs'] for r in w):>8}"
               f"{max(r.get('max_allocated_mib', float('nan')) for r in w):>11.0f}"
               f"{max(r.get('max_reserved_mib', float('nan')) for r in w):>14.0f}{smi:>16}")
@@ -247,13 +266,14 @@ def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict 
     gain = next(r for r in runs if r["count"] == k)["aggregate_images_per_s"] / base
     cores = available_cores()
     print(f"recommended: {k} trial(s) per GPU (doubling adds < 10% beyond it): experiments/paper_cifar_lt.yaml "
-          f"resources: {{cpus: {max(1, cores // k)}, gpus: {1 / k:g}}} for this {cores}-core, one-GPU machine")
+          f"resources: {{cpus: {max(1, cores // k)}, gpus: {1 / k:g}}}"
+          + (f", pack_seeds: {args.seeds}" if args.seeds > 1 else "") + f" for this {cores}-core, one-GPU machine")
     if args.stage == 2:  # the grid's trials per GPU hold for both stages: the gain at its count is what counts
         gains = ", ".join(f"{r['count']}: {r['aggregate_images_per_s'] / base:.2f}x" for r in runs)
         print(f"stage-2 aggregate gain over one process by processes per GPU ({gains}); grid_estimate.py takes "
               "the one at the grid's trials per GPU as --gain2")
         return
-    for line in grid_estimate(runs[0]["workers"][0], gain, loops):
+    for line in grid_estimate(runs[0]["workers"][0], gain, loops, args.seeds):
         print(line)
 
 
@@ -262,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--stage", type=int, default=1, choices=[1, 2], help="the stage every process trains")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8], help="processes per run")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="stage-1 seeds each process trains packed into one model (the grid's pack_seeds)")
     parser.add_argument("--window", type=float, default=20.0, help="measuring window per count, seconds")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per process (the trial's cpus)")
     parser.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
@@ -278,8 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
-    if not 0 < args.subsample <= 1 or args.window <= 0 or min(args.counts) < 1:
-        parser.error("need 0 < --subsample <= 1, --window > 0 and --counts >= 1")
+    if not 0 < args.subsample <= 1 or args.window <= 0 or min(args.counts) < 1 or args.seeds < 1:
+        parser.error("need 0 < --subsample <= 1, --window > 0, --counts >= 1 and --seeds >= 1")
+    if args.stage == 2 and args.seeds > 1:
+        raise SystemExit(f"--seeds {args.seeds} packs stage-1 seeds into one model; stage 2 trains one seed per "
+                         "process: drop --seeds (or use --seeds 1) with --stage 2")
     if not torch.cuda.is_available() and not args.allow_cpu:
         raise SystemExit("gpu_packing measures how trials share a GPU, and PyTorch sees no CUDA GPU here. Run it on "
                          "a GPU machine, or pass --allow-cpu (with e.g. --subsample 0.02 --counts 1 2 --window 5) "

@@ -7,7 +7,9 @@ kernel K times wider instead of launching K times as many: each convolution beco
 (groups=K), each BatchNorm normalises K*C channels (statistics are per channel, hence per seed, as
 before), the classifier a batched matmul. Each seed keeps its own weights, batches and optimizer state:
 the loss is the sum of the seeds' losses, so each seed's gradient is its own, and SGD (momentum, weight
-decay) is elementwise, so one optimizer over the packed parameters is K optimizers.
+decay) is elementwise, so one optimizer over the packed parameters is K optimizers. The packed model is
+the project's own, `drolt.packed.PackedResNet` (the one `train_stage1_seeds` trains), used here for every
+K, 1 included (the harness trains one seed unpacked; packed_stage1.py times that).
 
 The script first checks that claim (two SGD steps of the packed model against K separate models, in
 float64, max abs differences printed), then times the training step (forward, CE, backward, SGD) on
@@ -26,7 +28,7 @@ import gc
 import statistics
 import time
 import traceback
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,83 +36,10 @@ from torch import Tensor, nn
 
 from benchmarks.common import device_name, resolve_device, sync
 from drolt import speed
-from drolt.model import BasicBlock, ResNetCifar, resnet32
+from drolt.model import ResNetCifar, resnet32
+from drolt.packed import PackedResNet, pack, split_state
 
 CLASSES = 10
-
-
-def _packed_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
-    """Returns one grouped convolution computing each of `convs` on its own block of channels."""
-    c = convs[0]
-    assert c.bias is None and c.dilation == (1, 1) and c.groups == 1, "ResNet-32's convolutions only"
-    packed = nn.Conv2d(len(convs) * c.in_channels, len(convs) * c.out_channels, c.kernel_size, c.stride,
-                       c.padding, groups=len(convs), bias=False, device=c.weight.device, dtype=c.weight.dtype)
-    packed.weight.data.copy_(torch.cat([conv.weight.detach() for conv in convs]))
-    return packed
-
-
-def _packed_bn(bns: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
-    """Returns one BatchNorm over the channels of all `bns`: its statistics are per channel, so per seed."""
-    bn = bns[0]
-    packed = nn.BatchNorm2d(len(bns) * bn.num_features, bn.eps, bn.momentum, device=bn.weight.device,
-                            dtype=bn.weight.dtype)
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(packed, name).data.copy_(torch.cat([getattr(bn, name).detach() for bn in bns]))
-    return packed
-
-
-class PackedBlock(nn.Module):
-    """K BasicBlocks as one; the option-A shortcut pads each seed's channels, not the packed ones."""
-
-    def __init__(self, blocks: Sequence[BasicBlock]):
-        super().__init__()
-        self.k, self.pad, self.downsample = len(blocks), blocks[0].pad, blocks[0].downsample
-        self.conv1, self.bn1 = _packed_conv([b.conv1 for b in blocks]), _packed_bn([b.bn1 for b in blocks])
-        self.conv2, self.bn2 = _packed_conv([b.conv2 for b in blocks]), _packed_bn([b.bn2 for b in blocks])
-
-    def shortcut(self, x: Tensor) -> Tensor:
-        if not self.downsample:
-            return x
-        # the 5-d pad returns a plain layout: give back the channels-last one the plain block keeps
-        layout = torch.channels_last if x.stride(1) == 1 else torch.contiguous_format
-        x = x[:, :, ::2, ::2]
-        b, kc, h, w = x.shape
-        padded = F.pad(x.reshape(b, self.k, kc // self.k, h, w), (0, 0, 0, 0, self.pad, self.pad))
-        return padded.reshape(b, -1, h, w).contiguous(memory_format=layout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-def pack(x: Tensor) -> Tensor:
-    """Returns K batches [K, B, C, H, W] as one packed batch [B, K*C, H, W] (seed i's image j in channels
-    [C*i, C*i + C) of row j), the input of `PackedResNet`."""
-    k, b, c, h, w = x.shape
-    return x.transpose(0, 1).reshape(b, k * c, h, w)
-
-
-class PackedResNet(nn.Module):
-    """K CIFAR ResNets (linear heads) with their own weights, run as one model:
-    a packed batch [B, K*3, H, W] (`pack`) in, (features [K, B, 64], logits [K, B, C]) out."""
-
-    def __init__(self, models: Sequence[ResNetCifar]):
-        super().__init__()
-        if any(not isinstance(m.fc, nn.Linear) for m in models):
-            raise ValueError("PackedResNet packs linear heads only; build the models with cosine_head=False")
-        self.k = len(models)
-        self.conv1, self.bn1 = _packed_conv([m.conv1 for m in models]), _packed_bn([m.bn1 for m in models])
-        self.layers = nn.Sequential(*(PackedBlock(blocks) for blocks in zip(*(m.layers for m in models))))
-        self.fc_weight = nn.Parameter(torch.stack([m.fc.weight.detach() for m in models]))  # [K, C, 64]
-        self.fc_bias = nn.Parameter(torch.stack([m.fc.bias.detach() for m in models]))  # [K, C]
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        b = x.shape[0]
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layers(out)
-        z = F.adaptive_avg_pool2d(out, 1).reshape(b, self.k, -1).transpose(0, 1)  # [K, B, 64]
-        return z, torch.baddbmm(self.fc_bias.unsqueeze(1), z, self.fc_weight.transpose(1, 2))
 
 
 def seeded_models(k: int, num_classes: int = CLASSES) -> list[ResNetCifar]:
@@ -123,9 +52,9 @@ def seeded_models(k: int, num_classes: int = CLASSES) -> list[ResNetCifar]:
 
 
 def check_packing(device: torch.device, k: int = 3, batch: int = 16) -> str:
-    """Returns the max abs differences between the packed model and K separate models after two SGD steps
-    (features and logits in train and eval mode, every BatchNorm's running statistics); raises if they
-    disagree.
+    """Returns the max abs differences between drolt's packed model and K separate models after two SGD steps
+    (features and logits in train and eval mode; each seed's weights and every BatchNorm's running statistics,
+    split from the packed state dict); raises if they disagree.
 
     In float64, where the order of a convolution's sums barely matters: in float32 the separate models'
     own convolution algorithms differ from float64 by more (about 1e-4 after one step) than the packed
@@ -162,10 +91,18 @@ def check_packing(device: torch.device, k: int = 3, batch: int = 16) -> str:
             z, logits = packed(pack(xs[2]))
             diffs[f"{mode} features"] = (z - torch.stack([s[0] for s in separate])).abs().max().item()
             diffs[f"{mode} logits"] = (logits - torch.stack([s[1] for s in separate])).abs().max().item()
-    bns = [[mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)] for m in (*models, packed)]
-    diffs["running statistics"] = max(
-        (getattr(p_bn, name) - torch.cat([getattr(bn, name) for bn in seed_bns])).abs().max().item()
-        for p_bn, *seed_bns in zip(bns[-1], *bns[:-1]) for name in ("running_mean", "running_var"))
+    # The packed state dict holds each seed's under a ResNet-32's keys (`split_state`, as checkpoints take it):
+    # the weights, heads included, and every BatchNorm's running statistics against the separate models'.
+    params = {name for name, _ in models[0].named_parameters()}
+    weights, running = [], []
+    for m, state in zip(models, split_state(packed.state_dict(), k)):
+        if state.keys() != m.state_dict().keys():
+            odd = sorted(state.keys() ^ m.state_dict().keys())
+            raise RuntimeError(f"the packed state dict's keys are not a ResNet-32's; these differ: {odd}")
+        for key, value in m.state_dict().items():
+            if not key.endswith("num_batches_tracked"):
+                (weights if key in params else running).append((state[key] - value).abs().max().item())
+    diffs["weights"], diffs["running statistics"] = max(weights), max(running)
     if max(diffs.values()) > 1e-9:
         raise RuntimeError(f"the packed model does not compute what {k} separate models compute: {diffs}")
     return ", ".join(f"{name} {d:.1e}" for name, d in diffs.items())
