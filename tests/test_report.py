@@ -311,3 +311,16 @@ def test_report_names_the_storage_relative_to_where_it_was_built(grid, tmp_path,
     write_report(grid, tmp_path / "out", log=lambda line: None)
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"Built from the records in `{grid.storage.name}`" in report and str(tmp_path) not in report
+
+
+def test_the_wall_time_total_counts_the_time_of_seeds_trained_packed_once(grid, tmp_path):
+    # 4 stage-1 units of 100 s (shared by all three methods) and 8 stage-2 units of 200 s: 2000 s unpacked
+    write_report(grid, tmp_path / "alone", log=lambda line: None)
+    assert "- wall time: 0.56 h" in (tmp_path / "alone" / "report.md").read_text()
+    for unit in expand(grid)[1].values():  # both seeds of a rho trained as one pack: each records its 100 s
+        if unit.stage == 1:
+            path = grid.storage / unit.id / "result.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "packed_seeds": 2}))
+    assert (build_frame(grid)["stage1_packed_seeds"] == 2).all()
+    write_report(grid, tmp_path / "packed", log=lambda line: None)
+    assert "- wall time: 0.50 h" in (tmp_path / "packed" / "report.md").read_text()  # 200 + 1600 s
