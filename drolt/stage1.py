@@ -16,7 +16,7 @@ from .config import Stage1Config
 from .data import LongTailData
 from .losses import drw_weights, ldam_loss, ldam_margins
 from .model import resnet32
-from .packed import join_optimizer_states, join_states, pack, packed_model, split_optimizer_state, split_state
+from .packed import join_optimizer_states, join_states, packed_model, split_optimizer_state, split_state
 from .sampling import ShuffledEpochs
 from .training import (EpochCallback, StageResult, augmented_batches, augmenter, check_finite, clone_state,
                        device_generator, evaluate_seeds, improved, set_lr)
@@ -101,8 +101,10 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
         streams = [augmented_batches(data, sampler.next_pass().to(device), cfg.batch_size, gen, cfg.augment_batches,
                                      augment=augment) for sampler, gen in zip(samplers, aug_gens)]
         for batch in zip(*streams):
-            x, y = (_stack([b[j] for b in batch]) for j in (0, 1))
-            losses = step(speed.model_input(pack(x), cfg.channels_last), y, weights, key=lr)
+            # seed i's images in channels [3i, 3i + 3): what `pack` makes of them, in one copy (none for one seed)
+            x = batch[0][0] if k == 1 else torch.cat([x for x, _ in batch], dim=1)
+            y = batch[0][1].unsqueeze(0) if k == 1 else torch.stack([y for _, y in batch])
+            losses = step(speed.model_input(x, cfg.channels_last), y, weights, key=lr)
             loss_sums += losses * y.shape[1]
         train_losses = [loss_sum / n for loss_sum in loss_sums.tolist()]
         for seed_cfg, train_loss in zip(cfgs, train_losses):
@@ -117,7 +119,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
         for i, (history, report, state) in enumerate(zip(histories, reports, states)):
             record = {"stage": 1, "epoch": epoch, "lr": lr, "train_loss": train_losses[i], **report,
                       # a pack trains every seed's n images in this time
-                      "train_images_per_s": n / train_time, "epoch_time": epoch_time}
+                      "train_images_per_s": n / train_time, "epoch_time": epoch_time, "packed_seeds": k}
             history.append(record)
             if improved(record, bests[i], "top1"):
                 bests[i] = {"record": record, "model": state}
@@ -129,7 +131,9 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     last_states = split_state(clone_state(model), k)
     if any(math.isnan(best["record"]["ncm_top1"]) for best in bests):
         # ncm_every skipped a best epoch's NCM: evaluated now from its weights, as it would have been then
-        model.load_state_dict(join_states([best["model"] for best in bests]))
+        # (a best kept in a resume state was read to the CPU, one found since lies on the device)
+        model.load_state_dict(join_states([{key: value.to(device) for key, value in best["model"].items()}
+                                           for best in bests]))
         for best, history, report in zip(bests, histories, evaluate_seeds(model, net, data, cfg, k)):
             if math.isnan(best["record"]["ncm_top1"]):
                 ncm = {key: value for key, value in report.items() if key.startswith("ncm_")}
@@ -167,8 +171,3 @@ def _resume_epoch(resumes: Sequence[dict]) -> int:
         raise ValueError(f"seeds packed into one model resume together, but their states are after epochs {epochs}: "
                          "resume them apart, or as packs of the seeds at the same epoch")
     return epochs[0]
-
-
-def _stack(tensors: Sequence[Tensor]) -> Tensor:
-    """Returns the seeds' tensors with a seed dimension in front (a view for one seed: nothing copied)."""
-    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)

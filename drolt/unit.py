@@ -10,7 +10,6 @@ A stage whose `done` marker exists is not run again; one with a state.pt resumes
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import math
 import os
@@ -150,43 +149,75 @@ def run_stage1_pack(units: Sequence[UnitConfig], folders: Sequence[Path], data: 
     each into its own folder exactly as `run_stage` would; returns their result.json contents in order, None
     for a unit whose training diverged (its error.json says so; the others go on without it).
 
-    Done units are skipped; the others resume from their folders, in one pack per epoch they resume after.
-    `report(i, record)` is called with unit i's records as `run_stage`'s `report` is.
+    Done units are skipped, and so are units that diverged in an earlier attempt of this run (`diverged`:
+    they would only diverge again). The others resume from their folders: seeds behind train packed until
+    they reach the next ones' epoch, then on together. `report(i, record)` is called with unit i's records as
+    `run_stage`'s `report` is.
     """
+    if any(unit.data != units[0].data for unit in units):
+        raise ValueError("units trained packed must share their data settings; train them apart")
     results: list[Optional[dict]] = [None] * len(units)
     waiting: dict[int, Optional[dict]] = {}  # unit index -> the state it resumes from
     for i, folder in enumerate(folders):
         results[i], resume = _open_stage(1, folder, log)
-        if results[i] is None:
+        if results[i] is None and not diverged(folder):
             waiting[i] = resume
     while waiting:
-        after = min(state["epoch"] if state else 0 for state in waiting.values())
-        pack = [i for i, state in waiting.items() if (state["epoch"] if state else 0) == after]
-        resumes = [waiting[i] for i in pack]
+        epochs = {i: state["epoch"] if state else 0 for i, state in waiting.items()}
+        after = min(epochs.values())
+        pack = [i for i in waiting if epochs[i] == after]
+        catch_up = min((e for e in epochs.values() if e > after), default=None)
         savers = [_epoch_saver(folders[i], units[i].stage1.epochs, _tagged(log, units[i].stage1.seed, len(pack)),
-                               report and functools.partial(report, i)) for i in pack]
-        if len(pack) > 1:
-            log(f"stage 1: seeds {', '.join(str(units[i].stage1.seed) for i in pack)} trained packed into one model")
+                               None) for i in pack]
+        reports: list[tuple[int, dict]] = []
+
+        def on_epoch(j: int, record: dict, state: dict) -> None:
+            savers[j](record, state)
+            reports.append((pack[j], record))
+            if j < len(pack) - 1:
+                return
+            # Reported once every seed's epoch is on disk: Ray may stop a trial at a report (Ctrl-C), and seeds
+            # stopped at different epochs would resume in smaller packs.
+            for i, seed_record in reports if report is not None else ():
+                report(i, seed_record)
+            reports.clear()
+            if record["epoch"] + 1 == catch_up:
+                raise _CaughtUp
+        if len(pack) > 1 or len(waiting) > 1:
+            log(f"stage 1: seed(s) {', '.join(str(units[i].stage1.seed) for i in pack)} trained packed into one "
+                f"model from epoch {after}" + (f" to {catch_up}, where the others are" if catch_up else ""))
         t0 = time.time()
         try:
-            trained = train_stage1_seeds([units[i].stage1 for i in pack], data, device,
-                                         lambda j, record, state: savers[j](record, state),
-                                         None if after == 0 else resumes)
+            trained = train_stage1_seeds([units[i].stage1 for i in pack], data, device, on_epoch,
+                                         None if after == 0 else [waiting[i] for i in pack])
+        except _CaughtUp:
+            trained = []
         except TrainingDiverged as err:
-            if err.seed is None or len(pack) == 1:
-                raise
             # The others' last epochs are on disk: they resume without the seed that diverged.
-            diverged = next(i for i in pack if units[i].stage1.seed == err.seed)
-            record_failure(folders[diverged], err, epochs_done(folders[diverged]))
-            log(f"stage 1 seed {err.seed} failed: {err}; the pack goes on without it")
-            del waiting[diverged]
-            for i in waiting:
-                waiting[i] = _open_stage(1, folders[i], log)[1]
-            continue
+            failed = next(i for i in pack if err.seed in (None, units[i].stage1.seed))
+            record_failure(folders[failed], err, epochs_done(folders[failed]))
+            log(f"stage 1 seed {units[failed].stage1.seed} failed: {err}" + ("; the others go on without it"
+                                                                             if len(waiting) > 1 else ""))
+            del waiting[failed]
+            trained = []
         for i, result in zip(pack, trained):
-            results[i] = _finish_stage(1, folders[i], result, units[i].stage1, data, device, t0, packed=len(pack))
+            results[i] = _finish_stage(1, folders[i], result, units[i].stage1, data, device, t0)
             del waiting[i]
+        for i in waiting:
+            waiting[i] = load_resume_state(folders[i], log)
     return results
+
+
+class _CaughtUp(Exception):
+    """Raised from a pack's epoch callback when its seeds reach the epoch of seeds further on."""
+
+
+def diverged(folder: Path) -> bool:
+    """True when the unit's last failure was a diverged training loss (its error.json says so)."""
+    try:
+        return read_json(folder / "error.json").get("type") == TrainingDiverged.__name__
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _tagged(log: Log, seed: int, k: int) -> Log:
@@ -229,7 +260,7 @@ def _epoch_saver(folder: Path, epochs: int, log: Log, report: Optional[Callable[
 
 
 def _finish_stage(stage: int, folder: Path, result: StageResult, cfg: Stage1Config | Stage2Config,
-                  data: LongTailData, device: torch.device, started: float, packed: int = 1) -> dict:
+                  data: LongTailData, device: torch.device, started: float) -> dict:
     """Writes a trained stage's records, weights and result.json, marks it done; returns the result."""
     write_jsonl(folder / "metrics.jsonl", result.history)  # with what the stage filled in at its end
     save_state(result.best_state, folder / "model_best.pt")
@@ -239,8 +270,9 @@ def _finish_stage(stage: int, folder: Path, result: StageResult, cfg: Stage1Conf
                # Summed over epochs, so a resumed stage still reports its whole training time.
                "wall_time_s": sum(r["epoch_time"] for r in result.history),
                "started_at": started, "finished_at": time.time(),
-               # how many seeds its last run trained in one packed model (its epochs took the pack's time)
-               "packed_seeds": packed,
+               # A packed epoch's time is the pack's: the unit's own share divides it among the seeds.
+               "own_time_s": sum(r["epoch_time"] / r.get("packed_seeds", 1) for r in result.history),
+               "packed_seeds": result.history[-1].get("packed_seeds", 1),  # in its last epoch
                "provenance": provenance(device, data.source, cfg.precision)}
     write_json(folder / "result.json", summary)
     (folder / "done").touch()

@@ -154,7 +154,7 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
     if grid.max_failures < 0:
         raise GridError(f"max_failures must be >= 0; got {grid.max_failures}")
     if grid.pack_seeds < 1:
-        raise GridError(f"pack_seeds must be >= 1 ({GRID_KEYS['pack_seeds']}); got {grid.pack_seeds}")
+        raise GridError(f"pack_seeds must be >= 1 (1: each stage-1 unit trains alone); got {grid.pack_seeds}")
     # Checked here too, so a typo under stage2 is caught even when no method has a stage 2, and one under
     # stage1 is named where it was written, not in the first method it reaches.
     _checked(Stage2Config, {**grid.stage2, "mode": "faithful"}, "stage2")
@@ -185,7 +185,8 @@ def _typed(raw: dict, key: str, kind: type, default: Any = ...) -> Any:
         return default
     value = raw[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise GridError(f"{key} must be a {kind.__name__}; got {value!r} ({GRID_KEYS.get(key, '')})")
+        article = "an" if kind.__name__[0] in "aeiou" else "a"
+        raise GridError(f"{key} must be {article} {kind.__name__}; got {value!r} ({GRID_KEYS.get(key, '')})")
     return value
 
 

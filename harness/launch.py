@@ -6,21 +6,23 @@ raise when trials fail, so the outcome is read back from the unit folders, which
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from .grid import Grid, Unit
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, packs
 from drolt.checkpoint import FolderBusy, folder_lock
 from drolt.unit import epochs_done, record_failure
 
 from .storage import prepare, read_state
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
 
 Log = Callable[[str], None]
 
@@ -121,24 +123,7 @@ def _epochs(unit: Unit) -> int:
     return int(unit.settings[key]["epochs"])
 
 
-def packs(units: list[Unit], size: int) -> list[list[Unit]]:
-    """Returns the units as trials: stage-1 units that differ only in their seed in packs of at most `size`
-    (as even as can be), every other unit alone."""
-    groups: dict[str, list[Unit]] = {}
-    for unit in units:
-        if unit.stage != 1 or size == 1:
-            groups[unit.id] = [unit]
-            continue
-        settings = {**unit.settings, "stage1": {k: v for k, v in unit.settings["stage1"].items() if k != "seed"}}
-        groups.setdefault(json.dumps(settings, sort_keys=True), []).append(unit)
-    out = []
-    for group in groups.values():
-        count = -(-len(group) // size)  # ceiling: the fewest packs, then their sizes evened out
-        out += [group[i::count] for i in range(count)]
-    return out
-
-
-def _trial_name(trial) -> str:
+def _trial_name(trial: "Trial") -> str:
     ids = [unit["id"] for unit in trial.config["units"]]
     return ids[0] + (f"+{len(ids) - 1}" if len(ids) > 1 else "")
 
@@ -166,10 +151,8 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
     results = tuner.fit()
     # A trial whose process died on every retry never wrote error.json: record Ray's word for it.
     errored = set()
-    for result in results:
+    for result in (r for r in results if r.error is not None):
         for unit_id in (unit["id"] for unit in result.config["units"]):
-            if result.error is None:
-                continue
             errored.add(unit_id)
             if read_state(grid.storage, plan.units[unit_id]).status not in ("failed", "done"):
                 record_failure(grid.storage / unit_id, result.error, epochs_done(grid.storage / unit_id))
@@ -197,7 +180,7 @@ def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every:
             todo = [u for u in plan.todo(stage) if u.depends_on is None or plan.states[u.depends_on].status == "done"]
             if todo:
                 trials = len(packs(todo, grid.pack_seeds))
-                per = "each" if trials == len(todo) else f"per trial ({trials} trials, seeds packed)"
+                per = "each" if trials == len(todo) else f"per trial ({trials} trial{'s' if trials > 1 else ''}, seeds packed)"
                 log(f"stage {stage}: {len(todo)} unit(s), {resources['cpu']:g} CPU / {resources['gpu']:g} GPU {per}")
                 _fit_wave(plan, todo, resources, log, every, started)
         return make_plan(grid)

@@ -44,6 +44,8 @@ class GridProgress(Callback):
         units = self._units(trial)
         packed = f" (packed with {len(units) - 1} other seed(s))" if len(units) > 1 else ""
         for unit in units:
+            if is_done(self.storage, unit.id):  # a retried pack whose other seeds had finished
+                continue
             self.running.add(unit.id)
             self.log(f"[{_duration(time.time() - self.started)}] start  {unit.id} {unit.label}{packed}")
 
@@ -66,6 +68,9 @@ class GridProgress(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         for unit in self._units(trial):
+            if is_done(self.storage, unit.id):  # finished before its pack's process died: not retried
+                self.running.discard(unit.id)
+                continue
             self.log(f"[{_duration(time.time() - self.started)}] retry  {unit.id} {unit.label} "
                      "(its process died; it resumes from its last epoch)")
 

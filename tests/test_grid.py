@@ -506,3 +506,18 @@ def test_a_unit_that_failed_without_running_is_recorded_as_failed_not_as_a_ctrl_
     monkeypatch.setattr(ray.tune, "Tuner", FailedWave)
     _fit_wave(make_plan(grid), [unit], {"cpu": 1, "gpu": 0}, lambda line: None, 30.0, 0.0)
     assert "CUDA out of memory" in (grid.storage / unit.id / "error.json").read_text()
+
+
+def test_a_pack_that_fails_records_its_error_only_in_units_that_neither_finished_nor_diverged(tmp_path):
+    from drolt.training import TrainingDiverged
+    from drolt.unit import record_failure
+    from trainables.stage import _record_unfinished
+    finished, diverged, running = (tmp_path / name for name in ("finished", "diverged", "running"))
+    for folder in (finished, diverged, running):
+        folder.mkdir()
+    (finished / "done").touch()
+    record_failure(diverged, TrainingDiverged("stage 1 epoch 3 (seed 1, trained packed with others): loss is nan", 1))
+    _record_unfinished([finished, diverged, running], RuntimeError("CUDA out of memory"))
+    assert not (finished / "error.json").exists()
+    assert json.loads((diverged / "error.json").read_text())["type"] == "TrainingDiverged"  # its own cause kept
+    assert "CUDA out of memory" in json.loads((running / "error.json").read_text())["message"]

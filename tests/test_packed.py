@@ -1,5 +1,6 @@
 """Seeds packed into one model: the same training as each seed alone, checkpoints an unpacked unit can use,
 resuming, and the unit runner's handling of a seed that diverges."""
+import copy
 import dataclasses
 import json
 
@@ -16,7 +17,7 @@ from drolt.packed import (PackedResNet, join_optimizer_states, join_states, pack
                           split_optimizer_state, split_state)
 from drolt.stage1 import train_stage1, train_stage1_seeds
 from drolt.training import TrainingDiverged
-from drolt.unit import UnitConfig, run_stage1_pack
+from drolt.unit import UnitConfig, epochs_done, run_stage1_pack
 
 CPU = torch.device("cpu")
 
@@ -118,19 +119,11 @@ def test_a_pack_resumed_after_an_epoch_gives_the_same_numbers_as_uninterrupted(t
     cfg = s1(epochs=3)
     states = {}
     full = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU,
-                              on_epoch=lambda i, record, state: states.setdefault((i, state["epoch"]), _copy(state)))
+                              on_epoch=lambda i, record, state: states.setdefault((i, state["epoch"]), copy.deepcopy(state)))
     resumed = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU, resumes=[states[(0, 1)], states[(1, 1)]])
     for a, b in zip(full, resumed):
         assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
         assert all(torch.equal(a.last_state[k], b.last_state[k]) for k in a.last_state)
-
-
-def _copy(state):
-    import io
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_a_pack_refuses_seeds_with_other_settings_or_states_at_other_epochs(tiny):
@@ -164,12 +157,68 @@ def test_the_unit_runner_keeps_each_seed_in_its_own_folder_and_goes_on_without_a
     assert results[1] is None and json.loads((folders[1] / "error.json").read_text())["type"] == "TrainingDiverged"
     for i in (0, 2):
         result = json.loads((folders[i] / "result.json").read_text())
-        assert result["packed_seeds"] == 2 and len(result["config"]) and result["last"]["epoch"] == 1
+        assert result["packed_seeds"] == 2 and result["last"]["epoch"] == 1
+        # epoch 0 trained in a pack of 3, epoch 1 in one of 2: the unit's share of each
+        epochs = [json.loads(line) for line in (folders[i] / "metrics.jsonl").open()]
+        assert [r["packed_seeds"] for r in epochs] == [3, 2]
+        assert result["own_time_s"] == pytest.approx(epochs[0]["epoch_time"] / 3 + epochs[1]["epoch_time"] / 2)
         assert (folders[i] / "done").exists() and not (folders[i] / "error.json").exists()
         resnet32(10).load_state_dict(torch.load(folders[i] / "model_best.pt", weights_only=True))
     assert any("[seed 2] stage 1 epoch 2/2" in line for line in lines)
-    assert any("the pack goes on without it" in line for line in lines)
+    assert any("stage 1 seed 1 failed" in line and "the others go on without it" in line for line in lines)
     # run again: the finished seeds are reused, not retrained
     monkeypatch.setattr(drolt.unit, "train_stage1_seeds", real)
     again = run_stage1_pack([units[0], units[2]], [folders[0], folders[2]], tiny, CPU, lines.append)
     assert [r["finished_at"] for r in again] == [results[0]["finished_at"], results[2]["finished_at"]]
+
+
+def test_a_pack_reports_an_epoch_only_once_every_seed_has_it_on_disk(tiny, tmp_path):
+    # Ray may stop a trial at any report: seeds saved to different epochs could only resume in smaller packs.
+    units = [UnitConfig(method="ce", stage1=s1(seed=s)) for s in (0, 1)]
+    folders = [tmp_path / f"unit{s}" for s in (0, 1)]
+    seen = []
+    run_stage1_pack(units, folders, tiny, CPU, lambda line: None,
+                    lambda i, record: seen.append((i, record["epoch"], [epochs_done(f) for f in folders])))
+    assert [(i, epoch) for i, epoch, _ in seen] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert all(done == [epoch + 1, epoch + 1] for _, epoch, done in seen)
+
+
+def test_seeds_behind_train_packed_until_they_reach_the_others_then_all_go_on_together(tiny, tmp_path, monkeypatch):
+    # e.g. a grid first run unpacked and interrupted, resumed with pack_seeds: or a process killed mid-save
+    units = [UnitConfig(method="ce", stage1=s1(seed=s, epochs=4)) for s in (0, 1, 2)]
+    folders = [tmp_path / f"unit{s}" for s in (0, 1, 2)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(epochs):
+        def on_epoch(i, record, state):
+            drolt.unit._epoch_saver(folders[i], 4, lambda line: None, None)(record, state)
+            if record["epoch"] + 1 == epochs:
+                raise Stop
+        return on_epoch
+    for i, epochs in ((0, 2), (1, 1)):  # seed 0 after epoch 2, seed 1 after epoch 1, seed 2 not started
+        with pytest.raises(Stop):
+            train_stage1_seeds([units[i].stage1], tiny, CPU, lambda _, r, s, on=stop_after(epochs), i=i: on(i, r, s))
+    real, calls = train_stage1_seeds, []
+
+    def recorded(cfgs, data, device, on_epoch=None, resumes=None):
+        calls.append(([c.seed for c in cfgs], [r["epoch"] for r in resumes] if resumes else None))
+        return real(cfgs, data, device, on_epoch, resumes)
+    monkeypatch.setattr(drolt.unit, "train_stage1_seeds", recorded)
+    results = run_stage1_pack(units, folders, tiny, CPU, lambda line: None)
+    assert calls == [([2], None), ([1, 2], [1, 1]), ([0, 1, 2], [2, 2, 2])]
+    for folder, result in zip(folders, results):
+        epochs = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+        assert [r["epoch"] for r in epochs] == [0, 1, 2, 3] and result["last"]["epoch"] == 3
+    assert [r["packed_seeds"] for r in map(json.loads, (folders[2] / "metrics.jsonl").open())] == [1, 2, 3, 3]
+
+
+def test_a_unit_that_diverges_alone_is_recorded_and_a_retried_trial_leaves_it_be(tiny, tmp_path):
+    unit, folder = UnitConfig(method="ce", stage1=s1(lr=1e30, warmup_epochs=0)), tmp_path / "unit"
+    assert run_stage1_pack([unit], [folder], tiny, CPU, lambda line: None) == [None]
+    error = json.loads((folder / "error.json").read_text())
+    assert error["type"] == "TrainingDiverged" and "stage 1 epoch 0" in error["message"]
+    # a trial Ray retries (its process died after this seed's pack went on) does not train it again
+    assert run_stage1_pack([unit], [folder], tiny, CPU, lambda line: None) == [None]
+    assert json.loads((folder / "error.json").read_text()) == error and not (folder / "state.pt").exists()

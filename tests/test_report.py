@@ -320,7 +320,7 @@ def test_the_wall_time_total_counts_the_time_of_seeds_trained_packed_once(grid, 
     for unit in expand(grid)[1].values():  # both seeds of a rho trained as one pack: each records its 100 s
         if unit.stage == 1:
             path = grid.storage / unit.id / "result.json"
-            path.write_text(json.dumps({**json.loads(path.read_text()), "packed_seeds": 2}))
-    assert (build_frame(grid)["stage1_packed_seeds"] == 2).all()
+            path.write_text(json.dumps({**json.loads(path.read_text()), "own_time_s": 50.0}))
+    assert (build_frame(grid)["stage1_own_time_s"] == 50).all()
     write_report(grid, tmp_path / "packed", log=lambda line: None)
     assert "- wall time: 0.50 h" in (tmp_path / "packed" / "report.md").read_text()  # 200 + 1600 s

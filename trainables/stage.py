@@ -18,7 +18,7 @@ from ray import tune
 from drolt.checkpoint import folder_lock, load_state
 from drolt.data import DataError
 from drolt.training import TrainingDiverged
-from drolt.unit import epochs_done, load_data, record_failure, run_stage, run_stage1_pack, unit_from_dict
+from drolt.unit import diverged, epochs_done, load_data, record_failure, run_stage, run_stage1_pack, unit_from_dict
 
 # Per-class lists and radii stay in metrics.jsonl; Ray gets the scalars.
 _SCALARS = ("epoch", "lr", "train_loss", "loss", "ce_loss", "robust_loss", "top1", "top5", "many", "medium",
@@ -62,6 +62,8 @@ def train_units(config: dict) -> None:
             if units[0]["stage"] == 1:
                 run_stage1_pack(cfgs, folders, data, device, _log, report)
             else:
+                if len(units) != 1:
+                    raise ValueError(f"a stage-2 trial trains one unit; got {len(units)}")
                 unit = units[0]
                 weights = load_state(storage / unit["depends_on"] / f"model_{unit['settings']['handoff']}.pt")
                 run_stage(2, cfgs[0], data, device, folders[0], _log, stage1_weights=weights,
@@ -78,7 +80,8 @@ def _log(line: str) -> None:
 
 
 def _record_unfinished(folders: list[Path], err: BaseException) -> None:
-    """Records the failure in every unit of the trial that is not done (a pack's others may have finished)."""
+    """Records the failure in every unit of the trial that neither finished nor diverged before it (a pack's
+    others may have: their own records stand)."""
     for folder in folders:
-        if not (folder / "done").exists():
+        if not (folder / "done").exists() and not diverged(folder):
             record_failure(folder, err, epochs_done(folder))
