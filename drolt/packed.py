@@ -137,37 +137,34 @@ def packed_model(models: Sequence[ResNetCifar]) -> nn.Module:
     return OneSeed(models[0]) if len(models) == 1 else PackedResNet(models)
 
 
-def _stacked(key: str) -> bool:
-    return key.startswith("fc.")  # the heads are stacked along a new first dimension, the rest concatenated
+def _join(key: str, values: Sequence[Tensor]) -> Tensor:
+    """Returns the packed tensor of state `key` from the seeds' tensors."""
+    if key.endswith("num_batches_tracked"):  # a step count, the same for every seed of a pack
+        return values[0]
+    # the heads are stacked along a new first dimension, the rest concatenated
+    return (torch.stack if key.startswith("fc.") else torch.cat)(list(values))
+
+
+def _split(key: str, value: Tensor, k: int) -> list[Tensor]:
+    """Returns the K seeds' tensors of state `key` held in a packed tensor (`_join` reversed)."""
+    if key.endswith("num_batches_tracked"):
+        return [value] * k
+    return [part.clone() for part in (value.unbind(0) if key.startswith("fc.") else value.chunk(k))]
 
 
 def join_states(states: Sequence[dict]) -> dict:
     """Returns the state dict of the packed model of K ResNet-32s from theirs (`packed_model`'s keys)."""
     if len(states) == 1:
         return {f"model.{key}": value for key, value in states[0].items()}
-    joined = {}
-    for key, first in states[0].items():
-        values = [s[key] for s in states]
-        if key.endswith("num_batches_tracked"):  # a step count, the same for every seed of a pack
-            joined[key] = first
-        else:
-            joined[key] = (torch.stack if _stacked(key) else torch.cat)(values)
-    return joined
+    return {key: _join(key, [state[key] for state in states]) for key in states[0]}
 
 
 def split_state(state: dict, k: int) -> list[dict]:
     """Returns the K ResNet-32 state dicts held in a packed model's state dict (`join_states` reversed)."""
     if k == 1:
         return [{key.removeprefix("model."): value for key, value in state.items()}]
-    out: list[dict] = [{} for _ in range(k)]
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            parts = [value] * k
-        else:
-            parts = value.unbind(0) if _stacked(key) else value.chunk(k)
-        for seed_state, part in zip(out, parts):
-            seed_state[key] = part.clone()
-    return out
+    parts = {key: _split(key, value, k) for key, value in state.items()}
+    return [{key: seed_parts[i] for key, seed_parts in parts.items()} for i in range(k)]
 
 
 def split_optimizer_state(state: dict, model: nn.Module, k: int) -> list[dict]:
@@ -178,8 +175,7 @@ def split_optimizer_state(state: dict, model: nn.Module, k: int) -> list[dict]:
     out: list[dict] = [{"state": {}, "param_groups": state["param_groups"]} for _ in range(k)]
     for index, values in state["state"].items():
         buffer = values.get("momentum_buffer")
-        parts = [None] * k if buffer is None else [next(iter(one.values()))
-                                                   for one in split_state({names[index]: buffer}, k)]
+        parts = [buffer] * k if buffer is None or k == 1 else _split(names[index], buffer, k)
         for seed_state, part in zip(out, parts):
             seed_state["state"][index] = {**values, "momentum_buffer": part}
     return out
@@ -192,7 +188,6 @@ def join_optimizer_states(states: Sequence[dict], model: nn.Module) -> dict:
     names = [name for name, _ in model.named_parameters()]
     joined = {}
     for index, values in states[0]["state"].items():
-        buffers = [s["state"][index].get("momentum_buffer") for s in states]
-        joined[index] = {**values, "momentum_buffer": None if buffers[0] is None
-                         else join_states([{names[index]: b} for b in buffers])[names[index]]}
+        buffers = [state["state"][index].get("momentum_buffer") for state in states]
+        joined[index] = {**values, "momentum_buffer": None if buffers[0] is None else _join(names[index], buffers)}
     return {"state": joined, "param_groups": states[0]["param_groups"]}
