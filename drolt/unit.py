@@ -150,7 +150,8 @@ def run_stage1_pack(units: Sequence[UnitConfig], folders: Sequence[Path], data: 
     for a unit whose training diverged (its error.json says so; the others go on without it).
 
     Done units are skipped, and so are units that diverged in an earlier attempt of this run (`diverged`:
-    they would only diverge again). The others resume from their folders: seeds behind train packed until
+    they would only diverge again; `drolt run` clears error.json before a run, so a trial Ray retries finds
+    only the ones its earlier attempts wrote). The others resume from their folders: seeds behind train packed until
     they reach the next ones' epoch, then on together. `report(i, record)` is called with unit i's records as
     `run_stage`'s `report` is.
     """
@@ -159,8 +160,10 @@ def run_stage1_pack(units: Sequence[UnitConfig], folders: Sequence[Path], data: 
     results: list[Optional[dict]] = [None] * len(units)
     waiting: dict[int, Optional[dict]] = {}  # unit index -> the state it resumes from
     for i, folder in enumerate(folders):
+        if diverged(folder):
+            continue
         results[i], resume = _open_stage(1, folder, log)
-        if results[i] is None and not diverged(folder):
+        if results[i] is None:
             waiting[i] = resume
     while waiting:
         epochs = {i: state["epoch"] if state else 0 for i, state in waiting.items()}
@@ -183,9 +186,10 @@ def run_stage1_pack(units: Sequence[UnitConfig], folders: Sequence[Path], data: 
             reports.clear()
             if record["epoch"] + 1 == catch_up:
                 raise _CaughtUp
-        if len(pack) > 1 or len(waiting) > 1:
-            log(f"stage 1: seed(s) {', '.join(str(units[i].stage1.seed) for i in pack)} trained packed into one "
-                f"model from epoch {after}" + (f" to {catch_up}, where the others are" if catch_up else ""))
+        if len(waiting) > 1:
+            seeds = ", ".join(str(units[i].stage1.seed) for i in pack)
+            how = f"seeds {seeds} train packed into one model" if len(pack) > 1 else f"seed {seeds} trains alone"
+            log(f"stage 1: {how} after epoch {after}" + (f" until {catch_up}, where the others are" if catch_up else ""))
         t0 = time.time()
         try:
             trained = train_stage1_seeds([units[i].stage1 for i in pack], data, device, on_epoch,

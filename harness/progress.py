@@ -7,7 +7,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from drolt.unit import epochs_done
+from drolt.unit import diverged, epochs_done
 
 from .grid import Unit
 from .storage import is_done
@@ -44,7 +44,7 @@ class GridProgress(Callback):
         units = self._units(trial)
         packed = f" (packed with {len(units) - 1} other seed(s))" if len(units) > 1 else ""
         for unit in units:
-            if is_done(self.storage, unit.id):  # a retried pack whose other seeds had finished
+            if is_done(self.storage, unit.id) or diverged(self.storage / unit.id):  # a retried pack's finished seeds
                 continue
             self.running.add(unit.id)
             self.log(f"[{_duration(time.time() - self.started)}] start  {unit.id} {unit.label}{packed}")
@@ -68,7 +68,7 @@ class GridProgress(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         for unit in self._units(trial):
-            if is_done(self.storage, unit.id):  # finished before its pack's process died: not retried
+            if is_done(self.storage, unit.id) or diverged(self.storage / unit.id):  # its pack's process died after it
                 self.running.discard(unit.id)
                 continue
             self.log(f"[{_duration(time.time() - self.started)}] retry  {unit.id} {unit.label} "

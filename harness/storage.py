@@ -5,7 +5,8 @@
   state.pt        resume point, rewritten atomically after every epoch
   metrics.jsonl   one record per finished epoch
   model_best.pt, model_last.pt, result.json, done     written at the end; `done` last
-  error.json      why the last attempt failed (removed when the unit starts again)
+  error.json      why the last attempt failed (removed when a `drolt run` starts the unit again; a trial Ray
+                  retries keeps its earlier attempt's)
 """
 from __future__ import annotations
 
