@@ -14,13 +14,16 @@ unpacked one and can resume packed or alone.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .model import BasicBlock, CosineClassifier, ResNetCifar
+
+RADII = "eps"  # the state key of stage 2's learned radii in a packed optimizer's `names`
 
 
 def pack(x: Tensor) -> Tensor:
@@ -111,11 +114,15 @@ class PackedResNet(nn.Module):
         heads = [m.fc for m in models]
         self.fc = PackedCosine(heads) if isinstance(heads[0], CosineClassifier) else PackedLinear(heads)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def features(self, x: Tensor) -> Tensor:
+        """Every seed's 64-d feature z: [K, B, 64]."""
         b = x.shape[0]
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layers(out)
-        z = F.adaptive_avg_pool2d(out, 1).reshape(b, self.k, -1).transpose(0, 1)  # [K, B, 64]
+        return F.adaptive_avg_pool2d(out, 1).reshape(b, self.k, -1).transpose(0, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.features(x)
         return z, self.fc(z)
 
 
@@ -127,6 +134,14 @@ class OneSeed(nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def fc(self) -> nn.Module:
+        """The model's head; it takes features with the seed dimension too ([1, B, 64])."""
+        return self.model.fc
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.model.features(x).unsqueeze(0)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z, logits = self.model(x)
         return z.unsqueeze(0), logits.unsqueeze(0)
@@ -137,19 +152,25 @@ def packed_model(models: Sequence[ResNetCifar]) -> nn.Module:
     return OneSeed(models[0]) if len(models) == 1 else PackedResNet(models)
 
 
+def _stacked(key: str) -> bool:
+    # the heads and stage 2's radii gain a seed dimension in front; the rest is concatenated along dim 0
+    return key.startswith("fc.") or key == RADII
+
+
 def _join(key: str, values: Sequence[Tensor]) -> Tensor:
     """Returns the packed tensor of state `key` from the seeds' tensors."""
-    if key.endswith("num_batches_tracked"):  # a step count, the same for every seed of a pack
+    if key.endswith("num_batches_tracked"):
+        # BatchNorm's step count: one per pack, which BatchNorm with a momentum (ResNet-32's) never reads. It
+        # differs between seeds only after stage 2's faithful reload of each seed's best epoch: the first's holds.
         return values[0]
-    # the heads are stacked along a new first dimension, the rest concatenated
-    return (torch.stack if key.startswith("fc.") else torch.cat)(list(values))
+    return (torch.stack if _stacked(key) else torch.cat)(list(values))
 
 
 def _split(key: str, value: Tensor, k: int) -> list[Tensor]:
     """Returns the K seeds' tensors of state `key` held in a packed tensor (`_join` reversed)."""
     if key.endswith("num_batches_tracked"):
         return [value] * k
-    return [part.clone() for part in (value.unbind(0) if key.startswith("fc.") else value.chunk(k))]
+    return [part.clone() for part in (value.unbind(0) if _stacked(key) else value.chunk(k))]
 
 
 def join_states(states: Sequence[dict]) -> dict:
@@ -167,11 +188,10 @@ def split_state(state: dict, k: int) -> list[dict]:
     return [{key: seed_parts[i] for key, seed_parts in parts.items()} for i in range(k)]
 
 
-def split_optimizer_state(state: dict, model: nn.Module, k: int) -> list[dict]:
-    """Returns the K optimizer state dicts (SGD's momentum buffers sliced per seed) of a packed model's
-    optimizer, each as an optimizer over one ResNet-32's parameters holds it (the parameters' order is the
-    same)."""
-    names = [name for name, _ in model.named_parameters()]
+def split_optimizer_state(state: dict, names: Sequence[str], k: int) -> list[dict]:
+    """Returns the K optimizer state dicts (SGD's momentum buffers sliced per seed) of an optimizer over
+    packed parameters, `names` their state keys in the optimizer's order (`RADII` for stage 2's radii); each
+    as an optimizer over one seed's parameters holds it (the parameters' order is the same)."""
     out: list[dict] = [{"state": {}, "param_groups": state["param_groups"]} for _ in range(k)]
     for index, values in state["state"].items():
         buffer = values.get("momentum_buffer")
@@ -181,13 +201,46 @@ def split_optimizer_state(state: dict, model: nn.Module, k: int) -> list[dict]:
     return out
 
 
-def join_optimizer_states(states: Sequence[dict], model: nn.Module) -> dict:
-    """Returns the optimizer state of a packed model from its seeds' (`split_optimizer_state` reversed)."""
+def join_optimizer_states(states: Sequence[dict], names: Sequence[str]) -> dict:
+    """Returns the optimizer state over packed parameters from its seeds' (`split_optimizer_state` reversed)."""
     if len(states) == 1:
         return states[0]
-    names = [name for name, _ in model.named_parameters()]
     joined = {}
     for index, values in states[0]["state"].items():
         buffers = [state["state"][index].get("momentum_buffer") for state in states]
         joined[index] = {**values, "momentum_buffer": None if buffers[0] is None else _join(names[index], buffers)}
     return {"state": joined, "param_groups": states[0]["param_groups"]}
+
+
+def parameter_names(model: nn.Module) -> list[str]:
+    """Returns the state keys of the model's parameters, in the order an optimizer over them holds them."""
+    return [name for name, _ in model.named_parameters()]
+
+
+def shared_settings(cfgs: Sequence[Any]) -> Any:
+    """Returns the settings the seeds of a pack share (a stage config); raises ValueError unless seeds are all
+    they differ in."""
+    if not cfgs:
+        raise ValueError("no settings given: a pack trains at least one seed")
+    for cfg in cfgs:
+        cfg.validate()
+    seeds = [cfg.seed for cfg in cfgs]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds packed into one model must differ; got {seeds}")
+    shared = dataclasses.replace(cfgs[0], seed=0)
+    for cfg in cfgs[1:]:
+        if dataclasses.replace(cfg, seed=0) != shared:
+            changed = [f.name for f in dataclasses.fields(cfg) if f.name != "seed"
+                       and getattr(cfg, f.name) != getattr(shared, f.name)]
+            raise ValueError(f"seeds packed into one model must share every other setting; seed {cfg.seed} "
+                             f"differs from seed {seeds[0]} in {', '.join(changed)}: train them apart")
+    return cfgs[0]
+
+
+def resume_epoch(resumes: Sequence[dict]) -> int:
+    """Returns the epoch every seed's state resumes after; raises ValueError when they differ."""
+    epochs = [r["epoch"] for r in resumes]
+    if len(set(epochs)) > 1:
+        raise ValueError(f"seeds packed into one model resume together, but their states are after epochs {epochs}: "
+                         "resume them apart, or as packs of the seeds at the same epoch")
+    return epochs[0]

@@ -2,7 +2,6 @@
 several that differ only in their seed, packed into one model."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Callable, Optional, Sequence
@@ -16,7 +15,8 @@ from .config import Stage1Config
 from .data import LongTailData
 from .losses import drw_weights, ldam_loss, ldam_margins
 from .model import resnet32
-from .packed import join_optimizer_states, join_states, packed_model, split_optimizer_state, split_state
+from .packed import (join_optimizer_states, join_states, packed_model, parameter_names, resume_epoch, shared_settings,
+                     split_optimizer_state, split_state)
 from .sampling import ShuffledEpochs
 from .training import (EpochCallback, StageResult, augmented_batches, augmenter, check_finite, clone_state,
                        device_generator, evaluate_seeds, improved, set_lr)
@@ -50,7 +50,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     record, state)` gets seed i's record and state, the state of an unpacked stage 1: `resumes` takes such
     states (one per seed, all after the same epoch), so a unit can resume packed or alone.
     """
-    cfg = _shared(cfgs)
+    cfg = shared_settings(cfgs)
     k, ldam = len(cfgs), cfg.method == "ldam_drw"
     models = []
     for seed_cfg in cfgs:
@@ -60,6 +60,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     net = speed.prepare(model, cfg)
     step_net = speed.step_model(model, cfg)
     optimizer = speed.sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.fused_sgd)
+    names = parameter_names(model)  # the optimizer's parameters, to split its state per seed
     samplers = [ShuffledEpochs(len(data.train_labels), c.seed) for c in cfgs]
     aug_gens = [device_generator(device, c.seed) for c in cfgs]
     margins = ldam_margins(data.class_counts).to(device) if ldam else None
@@ -81,9 +82,9 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     step = speed.graphed(train_step, sizes=(cfg.batch_size,) if cfg.graph_step else (), keep_one=True)
     start, histories, bests = 0, [[] for _ in cfgs], [None] * k
     if resumes is not None:
-        start = _resume_epoch(resumes)
+        start = resume_epoch(resumes)
         model.load_state_dict(join_states([r["model"] for r in resumes]))
-        speed.load_optimizer_state(optimizer, join_optimizer_states([r["optimizer"] for r in resumes], model))
+        speed.load_optimizer_state(optimizer, join_optimizer_states([r["optimizer"] for r in resumes], names))
         for sampler, gen, resume in zip(samplers, aug_gens, resumes):
             sampler.load_state_dict(resume["sampler"])
             gen.set_state(resume["aug_gen"])
@@ -115,7 +116,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
         reports = evaluate_seeds(model, net, data, cfg, k, ncm=with_ncm)
         epoch_time = time.perf_counter() - t0
         states = split_state(clone_state(model), k)
-        optimizer_states = split_optimizer_state(optimizer.state_dict(), model, k) if on_epoch else [None] * k
+        optimizer_states = split_optimizer_state(optimizer.state_dict(), names, k) if on_epoch else [None] * k
         for i, (history, report, state) in enumerate(zip(histories, reports, states)):
             record = {"stage": 1, "epoch": epoch, "lr": lr, "train_loss": train_losses[i], **report,
                       # a pack trains every seed's n images in this time
@@ -143,31 +144,3 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
                         selected="best" if cfg.mode == "faithful" else "last",
                         best_state=best["model"], last_state=last_state)
             for history, best, last_state in zip(histories, bests, last_states)]
-
-
-def _shared(cfgs: Sequence[Stage1Config]) -> Stage1Config:
-    """Returns the settings the seeds of a pack share; raises ValueError unless seeds are all they differ in."""
-    if not cfgs:
-        raise ValueError("no stage-1 settings given: a pack trains at least one seed")
-    for cfg in cfgs:
-        cfg.validate()
-    seeds = [cfg.seed for cfg in cfgs]
-    if len(set(seeds)) < len(seeds):
-        raise ValueError(f"seeds packed into one model must differ; got {seeds}")
-    shared = dataclasses.replace(cfgs[0], seed=0)
-    for cfg in cfgs[1:]:
-        if dataclasses.replace(cfg, seed=0) != shared:
-            changed = [f.name for f in dataclasses.fields(cfg) if f.name != "seed"
-                       and getattr(cfg, f.name) != getattr(shared, f.name)]
-            raise ValueError(f"seeds packed into one model must share every other stage-1 setting; seed {cfg.seed} "
-                             f"differs from seed {seeds[0]} in {', '.join(changed)}: train them apart")
-    return cfgs[0]
-
-
-def _resume_epoch(resumes: Sequence[dict]) -> int:
-    """Returns the epoch every seed's state resumes after; raises ValueError when they differ."""
-    epochs = [r["epoch"] for r in resumes]
-    if len(set(epochs)) > 1:
-        raise ValueError(f"seeds packed into one model resume together, but their states are after epochs {epochs}: "
-                         "resume them apart, or as packs of the seeds at the same epoch")
-    return epochs[0]

@@ -7,7 +7,7 @@ of the un-augmented LT training set and (4) the test metrics with NCM.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,10 +18,13 @@ from .centroids import class_centroids
 from .config import Stage2Config
 from .data import LongTailData
 from .losses import class_weights, robust_loss, weighted_cross_entropy
-from .model import ResNetCifar, resnet32
+from .model import resnet32
+from .packed import (RADII, join_optimizer_states, join_states, packed_model, parameter_names, resume_epoch,
+                     shared_settings, split_optimizer_state, split_state)
 from .sampling import make_sampler
 from .training import (EpochCallback, StageResult, augmented_batches, augmenter, check_finite, clone_state,
-                       device_generator, evaluate, extract, improved)
+                       device_generator, evaluate_seeds, extract, improved)
+from .stage1 import SeedCallback
 
 
 # How the centroid banks draw their views, kept in every resume state: earlier versions drew them per
@@ -36,114 +39,168 @@ def _weights(counts: list[int], kind: str, device: torch.device) -> Optional[Ten
 def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, device: torch.device,
                  on_epoch: Optional[EpochCallback] = None, resume: Optional[dict] = None) -> StageResult:
     """Trains DRO-LT from stage-1 weights (or continues `resume`); returns its result."""
-    cfg.validate()
-    C = data.num_classes
-    model: ResNetCifar = resnet32(C).to(device)
-    model.load_state_dict(stage1_state)
+    per_seed = (lambda _, record, state: on_epoch(record, state)) if on_epoch is not None else None
+    return train_stage2_seeds([cfg], data, [stage1_state], device, per_seed,
+                              [resume] if resume is not None else None)[0]
+
+
+def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_states: Sequence[dict],
+                       device: torch.device, on_epoch: Optional[SeedCallback] = None,
+                       resumes: Optional[Sequence[dict]] = None) -> list[StageResult]:
+    """Trains the stage 2 of units that differ only in their seed (and the stage 1 each starts from), packed
+    into one model as `train_stage1_seeds` packs stage 1; returns their results in the order of `cfgs`.
+
+    Each seed keeps its own radii, class-aware sampling, augmentation draws and centroid banks. `on_epoch(i,
+    record, state)` gets seed i's record and the state of an unpacked stage 2, which `resumes` takes.
+    """
+    cfg = shared_settings(cfgs)
+    k, C = len(cfgs), data.num_classes
+    models = [resnet32(C) for _ in cfgs]
+    for seed_model, state in zip(models, stage1_states):
+        seed_model.load_state_dict(state)
+    model = packed_model(models).to(device)
     net = speed.prepare(model, cfg)
     step_net = speed.step_model(model, cfg)
-    eps = nn.Parameter(torch.full((C,), cfg.eps_init, device=device))  # learned radii, one per class
-    backbone = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
-    opt_features = speed.sgd(backbone + [eps], cfg.feature_lr, cfg.momentum, cfg.weight_decay, cfg.fused_sgd)
+    # learned radii, one per class and seed ([C] for one seed, as an unpacked stage 2 keeps them)
+    eps = nn.Parameter(torch.full((C,) if k == 1 else (k, C), cfg.eps_init, device=device))
+    head = {id(p) for p in model.fc.parameters()}
+    backbone = [(name, p) for name, p in model.named_parameters() if id(p) not in head]
+    feature_names = [name for name, _ in backbone] + [RADII]  # to split the optimizer states per seed
+    classifier_names = parameter_names(model.fc) if k == 1 else [f"fc.{n}" for n in parameter_names(model.fc)]
+    opt_features = speed.sgd([p for _, p in backbone] + [eps], cfg.feature_lr, cfg.momentum, cfg.weight_decay,
+                             cfg.fused_sgd)
     opt_classifier = speed.sgd(model.fc.parameters(), cfg.classifier_lr, cfg.momentum, cfg.weight_decay,
                                cfg.fused_sgd)
-    sampler = make_sampler(cfg.sampler, data.train_labels, C, cfg.seed)
-    aug_gen = device_generator(device, cfg.seed)
+    samplers = [make_sampler(cfg.sampler, data.train_labels, C, c.seed) for c in cfgs]
+    aug_gens = [device_generator(device, c.seed) for c in cfgs]
     ce_weights = _weights(data.class_counts, cfg.ce_weights, device)
     classifier_weights = _weights(data.class_counts, cfg.classifier_weights, device)
     first_classifier_epoch = cfg.epochs - cfg.classifier_epochs
     loss_fn = speed.compiled(feature_losses, sizes=(cfg.batch_size,)) if cfg.compile_loss else feature_losses
     augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches, cfg.eval_batch_size))
 
+    def radii(i: int) -> Tensor:
+        return eps if k == 1 else eps[i]
+
     def train_step(x: Tensor, y: Tensor, centroids: Tensor) -> Tensor:
         # In a CUDA graph the model runs without torch.compile's CUDA graphs, which cannot be recorded inside
         # another, and autocast casts the weights anew in every replay instead of caching the casts.
         with speed.autocast(device, cfg.precision, cache=not cfg.graph_step):
             z, logits = (step_net if cfg.graph_step else net)(x)
-            losses = loss_fn(z, logits, y, centroids, eps, ce_weights, cfg.temperature, cfg.mode, cfg.ce_weight,
-                             cfg.robust_weight)
+            losses = [loss_fn(z[i], logits[i], y[i], centroids[i], radii(i), ce_weights, cfg.temperature, cfg.mode,
+                              cfg.ce_weight, cfg.robust_weight) for i in range(k)]
         opt_features.zero_grad(set_to_none=True)  # in a recording: the gradients live in the graph's memory
-        losses[0].backward()
+        torch.stack([loss for loss, _, _ in losses]).sum().backward()  # each seed's loss reaches its own weights
         opt_features.step()
         if cfg.eps_nonneg:
             with torch.no_grad():
                 eps.clamp_(min=0)
-        return torch.stack(losses).detach()
+        return torch.stack([torch.stack(seed_losses) for seed_losses in losses]).detach()  # [K, 3]
     # graph_step: full batches of the feature epochs replay the whole step from one CUDA graph (the learning
     # rate is constant; each batch's images, labels and the pass's centroids are copied in).
     step = speed.graphed(train_step, sizes=(cfg.batch_size,) if cfg.graph_step else ())
-    start, history = 0, []
-    best_features = best_classifier = None  # best test NCM in the feature phase, best top-1 afterwards
-    if resume is not None:
-        model.load_state_dict(resume["model"])
+    start, histories = 0, [[] for _ in cfgs]
+    # per seed: best test NCM in the feature phase, best top-1 afterwards
+    best_features: list[Optional[dict]] = [None] * k
+    best_classifier: list[Optional[dict]] = [None] * k
+    if resumes is not None:
+        start = resume_epoch(resumes)
+        model.load_state_dict(join_states([r["model"] for r in resumes]))
         with torch.no_grad():
-            eps.copy_(resume["eps"])
-        speed.load_optimizer_state(opt_features, resume["opt_features"])
-        speed.load_optimizer_state(opt_classifier, resume["opt_classifier"])
-        sampler.load_state_dict(resume["sampler"])
-        aug_gen.set_state(resume["aug_gen"])
-        start, history = resume["epoch"], resume["history"]
-        best_features, best_classifier = resume["best_features"], resume["best_classifier"]
+            eps.copy_(resumes[0]["eps"] if k == 1 else torch.stack([r["eps"] for r in resumes]))
+        speed.load_optimizer_state(opt_features, join_optimizer_states([r["opt_features"] for r in resumes],
+                                                                       feature_names))
+        speed.load_optimizer_state(opt_classifier, join_optimizer_states([r["opt_classifier"] for r in resumes],
+                                                                         classifier_names))
+        for sampler, gen, resume in zip(samplers, aug_gens, resumes):
+            sampler.load_state_dict(resume["sampler"])
+            gen.set_state(resume["aug_gen"])
+        histories = [r["history"] for r in resumes]
+        best_features = [r["best_features"] for r in resumes]
+        best_classifier = [r["best_classifier"] for r in resumes]
 
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         feature_phase = epoch < first_classifier_epoch
-        if epoch == first_classifier_epoch and cfg.mode == "faithful" and best_features is not None:
+        if epoch == first_classifier_epoch and cfg.mode == "faithful" and best_features[0] is not None:
             # QUIRK (faithful): the classifier is re-trained on the feature epoch chosen by test NCM accuracy.
             # The reference's checkpoint holds the model alone: the radii stay as the last feature epoch left them.
-            model.load_state_dict(best_features["model"])
-        stream = sampler.next_pass().to(device)
+            model.load_state_dict(join_states([{key: value.to(device) for key, value in best["model"].items()}
+                                               for best in best_features]))
+        streams = [sampler.next_pass().to(device) for sampler in samplers]
         if feature_phase:
-            centroids = centroid_bank(model, net, data, stream, cfg, aug_gen, augment)
-            stream = sampler.next_pass().to(device)
-            losses = feature_epoch(model, data, stream, centroids, cfg, step, aug_gen, augment)
+            centroids = centroid_banks(model, net, data, streams, cfg, aug_gens, augment)
+            streams = [sampler.next_pass().to(device) for sampler in samplers]
+            losses = feature_epoch(model, data, streams, centroids, cfg, step, aug_gens, augment)
             lr = cfg.feature_lr
         else:
             # Every epoch of the reference builds the centroid bank, unused here: its pass and augmentation
             # draws are spent as it spends them, so the classifier trains on the samples and views it would.
-            bank_draws(data, stream, cfg, aug_gen)
-            stream = sampler.next_pass().to(device)
-            losses = classifier_epoch(model, data, stream, cfg, opt_classifier, classifier_weights, aug_gen, augment)
+            for stream, gen in zip(streams, aug_gens):
+                bank_draws(data, stream, cfg, gen)
+            streams = [sampler.next_pass().to(device) for sampler in samplers]
+            losses = classifier_epoch(model, data, streams, cfg, opt_classifier, classifier_weights, aug_gens,
+                                      augment)
             lr = cfg.classifier_lr
-        check_finite(losses["loss"], 2, epoch)
+        for seed_cfg, seed_losses in zip(cfgs, losses):
+            check_finite(seed_losses["loss"], 2, epoch, seed=seed_cfg.seed if k > 1 else None)
         train_time = time.perf_counter() - t0
 
-        record = {"stage": 2, "epoch": epoch, "phase": "feature" if feature_phase else "classifier",
-                  "lr": lr, **losses, **evaluate(model, net, data, cfg),
-                  "radii": eps.detach().cpu().tolist(),
-                  "train_images_per_s": len(stream) * (2 if feature_phase else 1) / train_time,
-                  "epoch_time": time.perf_counter() - t0}
-        history.append(record)
-        if feature_phase and improved(record, best_features, "ncm_top1"):
-            best_features = {"record": record, "model": clone_state(model)}
-        if not feature_phase and improved(record, best_classifier, "top1"):
-            best_classifier = {"record": record, "model": clone_state(model)}
-        if on_epoch is not None:
-            on_epoch(record, {"stage": 2, "epoch": epoch + 1, "bank_draws": BANK_DRAWS,
-                              "model": clone_state(model), "eps": eps.detach().clone(),
-                              "opt_features": opt_features.state_dict(),
-                              "opt_classifier": opt_classifier.state_dict(), "sampler": sampler.state_dict(),
-                              "aug_gen": aug_gen.get_state(), "history": history,
-                              "best_features": best_features, "best_classifier": best_classifier})
+        reports = evaluate_seeds(model, net, data, cfg, k)
+        epoch_time = time.perf_counter() - t0
+        states = split_state(clone_state(model), k)
+        opt_states = [split_optimizer_state(opt.state_dict(), names, k) if on_epoch else [None] * k
+                      for opt, names in ((opt_features, feature_names), (opt_classifier, classifier_names))]
+        for i, (history, report, state) in enumerate(zip(histories, reports, states)):
+            record = {"stage": 2, "epoch": epoch, "phase": "feature" if feature_phase else "classifier",
+                      "lr": lr, **losses[i], **report, "radii": radii(i).detach().cpu().tolist(),
+                      "train_images_per_s": len(streams[i]) * (2 if feature_phase else 1) / train_time,
+                      "epoch_time": epoch_time, "packed_seeds": k}
+            history.append(record)
+            if feature_phase and improved(record, best_features[i], "ncm_top1"):
+                best_features[i] = {"record": record, "model": state}
+            if not feature_phase and improved(record, best_classifier[i], "top1"):
+                best_classifier[i] = {"record": record, "model": state}
+            if on_epoch is not None:
+                on_epoch(i, record, {"stage": 2, "epoch": epoch + 1, "bank_draws": BANK_DRAWS, "model": state,
+                                     "eps": radii(i).detach().clone(), "opt_features": opt_states[0][i],
+                                     "opt_classifier": opt_states[1][i], "sampler": samplers[i].state_dict(),
+                                     "aug_gen": aug_gens[i].get_state(), "history": history,
+                                     "best_features": best_features[i], "best_classifier": best_classifier[i]})
 
     # "Best on test" is the best top-1 among classifier epochs (the model the reference reports); without
     # classifier epochs it is the feature epoch with the best test NCM accuracy.
-    best = best_classifier or best_features
-    return StageResult(history=history, last=history[-1], best=best["record"],
-                       selected="best" if cfg.mode == "faithful" else "last",
-                       best_state=best["model"], last_state=clone_state(model))
+    results = []
+    for history, features_best, classifier_best, last_state in zip(histories, best_features, best_classifier,
+                                                                    split_state(clone_state(model), k)):
+        best = classifier_best or features_best
+        results.append(StageResult(history=history, last=history[-1], best=best["record"],
+                                   selected="best" if cfg.mode == "faithful" else "last",
+                                   best_state=best["model"], last_state=last_state))
+    return results
 
 
 @torch.no_grad()
-def centroid_bank(model: nn.Module, net: Callable, data: LongTailData, stream: Tensor, cfg: Stage2Config,
-                  gen: torch.Generator, augment: ApplyDraws = apply_draws) -> Tensor:
-    """Returns [C,64] class centroids of eval-mode features over one augmented pass of the training stream."""
+def centroid_banks(model: nn.Module, net: Callable, data: LongTailData, streams: Sequence[Tensor], cfg: Stage2Config,
+                   gens: Sequence[torch.Generator], augment: ApplyDraws = apply_draws) -> Tensor:
+    """Returns each seed's [C,64] class centroids ([K,C,64]) of eval-mode features over one augmented pass of
+    its training stream, the seeds packed into `net`'s model."""
     model.eval()
-    draws = bank_draws(data, stream, cfg, gen)
-    # Chunks of eval_batch_size images take their slice of the pass's draws: the images do not depend on it.
-    z, _ = extract(net, torch.arange(len(stream), device=stream.device), cfg.eval_batch_size,
-                   lambda pos: augment(data.train_images[stream[pos]], take_draws(draws, pos)), cfg)
-    return class_centroids(z, data.train_labels[stream], data.num_classes)
+    draws = [bank_draws(data, stream, cfg, gen) for stream, gen in zip(streams, gens)]
+
+    def seeds_last(x: Tensor) -> tuple[Tensor, Tensor]:  # extract concatenates chunks along the first dimension
+        z, logits = net(x)
+        return z.transpose(0, 1), logits.transpose(0, 1)
+
+    def images(pos: Tensor) -> Tensor:
+        # Chunks of eval_batch_size images take their slice of the pass's draws: the images do not depend on it.
+        views = [augment(data.train_images[stream[pos]], take_draws(d, pos)) for stream, d in zip(streams, draws)]
+        return views[0] if len(views) == 1 else torch.cat(views, dim=1)
+
+    z, _ = extract(seeds_last, torch.arange(len(streams[0]), device=streams[0].device), cfg.eval_batch_size, images,
+                   cfg)
+    return torch.stack([class_centroids(z[:, i], data.train_labels[stream], data.num_classes)
+                        for i, stream in enumerate(streams)])
 
 
 def bank_draws(data: LongTailData, stream: Tensor, cfg: Stage2Config, gen: torch.Generator) -> Draws:
@@ -161,39 +218,52 @@ def feature_losses(z: Tensor, logits: Tensor, y: Tensor, centroids: Tensor, eps:
     return ce_weight * ce + robust_weight * robust, ce, robust
 
 
-def feature_epoch(model: nn.Module, data: LongTailData, stream: Tensor, centroids: Tensor, cfg: Stage2Config,
-                  step: Callable[[Tensor, Tensor, Tensor], Tensor], gen: torch.Generator,
-                  augment: ApplyDraws = apply_draws) -> dict:
-    """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns mean losses.
+def _packed_batches(data: LongTailData, streams: Sequence[Tensor], cfg: Stage2Config,
+                    gens: Sequence[torch.Generator], augment: ApplyDraws) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yields (packed images [B, K*3, H, W], labels [K, B]) of every seed's stream, batch by batch."""
+    per_seed = [augmented_batches(data, stream, cfg.batch_size, gen, cfg.augment_batches, cfg.autoaugment,
+                                  cfg.cutout, augment) for stream, gen in zip(streams, gens)]
+    for batch in zip(*per_seed):
+        if len(batch) == 1:
+            yield batch[0][0], batch[0][1].unsqueeze(0)
+        else:  # seed i's images in channels [3i, 3i + 3), as `pack` lays them out
+            yield torch.cat([x for x, _ in batch], dim=1), torch.stack([y for _, y in batch])
 
-    `step(x, y, centroids)` makes one optimizer step and returns the batch's (loss, CE, robust)."""
+
+def feature_epoch(model: nn.Module, data: LongTailData, streams: Sequence[Tensor], centroids: Tensor,
+                  cfg: Stage2Config, step: Callable[[Tensor, Tensor, Tensor], Tensor],
+                  gens: Sequence[torch.Generator], augment: ApplyDraws = apply_draws) -> list[dict]:
+    """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns each seed's
+    mean losses.
+
+    `step(x, y, centroids)` makes one optimizer step and returns each seed's (loss, CE, robust) of the batch."""
     model.train()
     model.fc.requires_grad_(False)
-    sums = torch.zeros(3, device=stream.device)  # loss, ce, robust; read once per epoch
-    for x, y in augmented_batches(data, stream, cfg.batch_size, gen, cfg.augment_batches, cfg.autoaugment,
-                                  cfg.cutout, augment):
-        sums += step(speed.model_input(x, cfg.channels_last), y, centroids) * len(y)
+    sums = torch.zeros(len(streams), 3, device=streams[0].device)  # loss, ce, robust per seed; read once per epoch
+    for x, y in _packed_batches(data, streams, cfg, gens, augment):
+        sums += step(speed.model_input(x, cfg.channels_last), y, centroids) * y.shape[1]
     model.fc.requires_grad_(True)
-    loss, ce, robust = (sums / len(stream)).tolist()
-    return {"loss": loss, "ce_loss": ce, "robust_loss": robust}
+    return [{"loss": loss, "ce_loss": ce, "robust_loss": robust}
+            for loss, ce, robust in (sums / len(streams[0])).tolist()]
 
 
-def classifier_epoch(model: nn.Module, data: LongTailData, stream: Tensor, cfg: Stage2Config,
-                     optimizer: torch.optim.Optimizer, weights: Optional[Tensor], gen: torch.Generator,
-                     augment: ApplyDraws = apply_draws) -> dict:
-    """One pass re-training only the linear classifier, the whole model in eval mode; returns the mean loss."""
+def classifier_epoch(model: nn.Module, data: LongTailData, streams: Sequence[Tensor], cfg: Stage2Config,
+                     optimizer: torch.optim.Optimizer, weights: Optional[Tensor], gens: Sequence[torch.Generator],
+                     augment: ApplyDraws = apply_draws) -> list[dict]:
+    """One pass re-training only the linear classifier, the whole model in eval mode; returns each seed's mean
+    loss."""
     model.eval()
-    loss_sum = torch.zeros((), device=stream.device)
-    for x, y in augmented_batches(data, stream, cfg.batch_size, gen, cfg.augment_batches, cfg.autoaugment,
-                                  cfg.cutout, augment):
+    loss_sums = torch.zeros(len(streams), device=streams[0].device)
+    for x, y in _packed_batches(data, streams, cfg, gens, augment):
         x = speed.model_input(x, cfg.channels_last)
-        with speed.autocast(stream.device, cfg.precision):
+        with speed.autocast(x.device, cfg.precision):
             with torch.no_grad():  # the backbone is frozen: no graph through it
                 z = model.features(x)
-            loss = weighted_cross_entropy(model.fc(z), y, weights)
+            logits = model.fc(z)
+            losses = torch.stack([weighted_cross_entropy(logits[i], y[i], weights) for i in range(len(streams))])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.sum().backward()
         optimizer.step()
-        loss_sum += loss.detach() * len(y)
-    loss = loss_sum.item() / len(stream)
-    return {"loss": loss, "ce_loss": loss, "robust_loss": float("nan")}
+        loss_sums += losses.detach() * y.shape[1]
+    return [{"loss": loss / len(streams[0]), "ce_loss": loss / len(streams[0]), "robust_loss": float("nan")}
+            for loss in loss_sums.tolist()]

@@ -10,11 +10,12 @@ import torch
 import drolt.augment
 import drolt.training
 import drolt.unit
-from drolt.config import Stage1Config
+from drolt.config import Stage1Config, Stage2Config
 from drolt.model import resnet32
-from drolt.packed import (PackedResNet, join_optimizer_states, join_states, pack, packed_model,
+from drolt.packed import (PackedResNet, join_optimizer_states, join_states, pack, packed_model, parameter_names,
                           split_optimizer_state, split_state)
 from drolt.stage1 import train_stage1, train_stage1_seeds
+from drolt.stage2 import train_stage2, train_stage2_seeds
 from drolt.training import TrainingDiverged
 from drolt.unit import UnitConfig, epochs_done, run_stage1_pack
 
@@ -88,10 +89,10 @@ def test_states_split_into_what_a_resnet32_loads_and_join_back():
         resnet32(10).load_state_dict(state)  # an unpacked unit (or stage 2) takes a packed seed's weights
     joined = join_states(seed_states)
     assert all(torch.equal(joined[k], v) for k, v in packed.state_dict().items())
-    opt_states = split_optimizer_state(opt.state_dict(), packed, 2)
+    opt_states = split_optimizer_state(opt.state_dict(), parameter_names(packed), 2)
     alone = torch.optim.SGD(resnet32(10).parameters(), lr=0.1, momentum=0.9)
     alone.load_state_dict(opt_states[1])  # the format of one ResNet-32's optimizer
-    back = join_optimizer_states(opt_states, packed)
+    back = join_optimizer_states(opt_states, parameter_names(packed))
     assert all(torch.equal(back["state"][i]["momentum_buffer"], s["momentum_buffer"])
                for i, s in opt.state_dict()["state"].items())
     one = packed_model(models[:1])  # a pack of one is the model itself, its keys unchanged once split
@@ -226,3 +227,29 @@ def test_a_unit_that_diverges_alone_is_recorded_and_a_retried_trial_leaves_it_be
     # a trial Ray retries (its process died after this seed's pack went on) does not train it again
     assert run_stage1_pack([unit], [folder], tiny, CPU, lambda line: None) == [None]
     assert json.loads((folder / "error.json").read_text()) == error and not (folder / "state.pt").exists()
+
+
+def test_packed_stage_2_seeds_train_exactly_as_each_seed_alone_in_float64(smaller, float64):
+    # each seed from its own stage 1; the faithful mode's classifier restarts from each seed's own best epoch
+    stage1 = [train_stage1(s1(seed=s, epochs=1, batch_size=16), smaller, CPU).model_state for s in (0, 1)]
+    cfg = Stage2Config(epochs=3, classifier_epochs=1, batch_size=16, eval_batch_size=256, mode="faithful")
+    states = {}
+    packed = train_stage2_seeds(seeds(cfg, 0, 1), smaller, stage1, CPU,
+                                on_epoch=lambda i, record, state: states.setdefault((i, state["epoch"]),
+                                                                                    copy.deepcopy(state)))
+    for i, (seed, result) in enumerate(zip((0, 1), packed)):
+        alone = train_stage2(dataclasses.replace(cfg, seed=seed), smaller, stage1[i], CPU)
+        for a, p in zip(alone.history, result.history):
+            assert (a["loss"], a["robust_loss"], a["top1"], a["ncm_top1"]) == pytest.approx(
+                (p["loss"], p["robust_loss"], p["top1"], p["ncm_top1"]), rel=1e-9, nan_ok=True)
+            assert a["radii"] == pytest.approx(p["radii"], rel=1e-9)
+        # BatchNorm's step counter (unused with its momentum set) is one per pack: after the faithful reload it
+        # counts the steps of the first seed's best epoch
+        assert all(torch.allclose(alone.last_state[k], result.last_state[k], rtol=0, atol=1e-9)
+                   for k in alone.last_state if not k.endswith("num_batches_tracked"))
+        # a packed seed's state is an unpacked stage 2's: it resumes alone to the same end
+        resumed = train_stage2(dataclasses.replace(cfg, seed=seed), smaller, stage1[i], CPU, resume=states[(i, 1)])
+        assert all(torch.allclose(alone.last_state[k], resumed.last_state[k], rtol=0, atol=1e-9)
+                   for k in alone.last_state if not k.endswith("num_batches_tracked"))
+    resumed = train_stage2_seeds(seeds(cfg, 0, 1), smaller, stage1, CPU, resumes=[states[(0, 2)], states[(1, 2)]])
+    assert [r.history[-1]["loss"] for r in resumed] == [r.history[-1]["loss"] for r in packed]

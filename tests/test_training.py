@@ -9,7 +9,8 @@ from drolt.augment import apply_draws, stage1_train_transform, stage2_train_tran
 from drolt.config import Stage1Config, Stage2Config
 from drolt.model import resnet32
 from drolt.stage1 import lr_at, train_stage1
-from drolt.stage2 import centroid_bank, train_stage2
+from drolt.packed import packed_model
+from drolt.stage2 import centroid_banks, train_stage2
 from drolt.training import TrainingDiverged, augmented_batches
 
 CPU = torch.device("cpu")
@@ -172,7 +173,9 @@ def test_the_centroid_banks_views_do_not_depend_on_eval_batch_size(tiny, stage1_
         model = resnet32(tiny.num_classes)
         model.load_state_dict(stage1_weights)
         gen = torch.Generator().manual_seed(0)
-        seen[size] = centroid_bank(model, model, tiny, stream, s2(eval_batch_size=size), gen, spy), torch.cat(views)
+        one = packed_model([model])
+        banks = centroid_banks(one, one, tiny, [stream], s2(eval_batch_size=size), [gen], spy)
+        seen[size] = banks[0], torch.cat(views)
     assert torch.equal(seen[256][1], seen[37][1])
     assert torch.allclose(seen[256][0], seen[37][0], rtol=0, atol=1e-5)
 
@@ -259,10 +262,10 @@ def test_classifier_epochs_train_on_the_pass_and_views_the_reference_gives_them(
     def spy(name):
         original = getattr(stage2, name)
 
-        def run(model, data, stream, cfg, *args):
-            gen = args[-2]  # feature_epoch(..., step, gen, augment), classifier_epoch(..., weights, gen, augment)
-            seen[name] = (stream.clone(), gen.get_state())
-            return original(model, data, stream, cfg, *args)
+        def run(model, data, streams, cfg, *args):
+            (gen,) = args[-2]  # feature_epoch(..., step, gens, augment), classifier_epoch(..., weights, gens, augment)
+            seen[name] = (streams[0].clone(), gen.get_state())
+            return original(model, data, streams, cfg, *args)
         monkeypatch.setattr(stage2, name, run)
     spy("feature_epoch")
     spy("classifier_epoch")
