@@ -1,9 +1,9 @@
 """How many trials one GPU should run at once: 1, 2, 4, 8 concurrent processes, as Ray packs them.
 
-    PYTHONPATH=. python3 -m benchmarks.gpu_packing [--stage 2 | --seeds 3] [--loops-json loops.json]
+    PYTHONPATH=. python3 -m benchmarks.gpu_packing [--stage 2] [--seeds 3] [--loops-json loops.json]
 
 For each count k, k processes each run the project's stage 1 (`drolt.stage1.train_stage1`, CE, batch 128),
-or with --stage 2 its DRO-LT feature epochs (`drolt.stage2.train_stage2`, from fresh weights: the same
+or with --stage 2 its DRO-LT feature epochs (`drolt.stage2.train_stage2_seeds`, from fresh weights: the same
 time), on synthetic CIFAR-10-LT-sized data (random uint8 images, the rho-100 class counts, 10k test images)
 on the one GPU, as trials with `gpus: 1/k` would. Each process finishes one warm-up epoch, waits until all
 are ready, then runs whole epochs (training and the per-epoch evaluation) for --window seconds; only the
@@ -11,8 +11,8 @@ epochs that end inside the window count, so every counted epoch ran alongside al
 Aggregate images/s = sum over processes of (training images of counted epochs / their time); a stage-2
 epoch's training images are its two passes over the class-aware stream (centroid bank and training).
 
---seeds K (stage 1 only) makes each process train seeds K*rank .. K*rank+K-1 packed into one model
-(`drolt.stage1.train_stage1_seeds`, what the harness runs with the grid key `pack_seeds`); a counted epoch
+--seeds K makes each process train seeds K*rank .. K*rank+K-1 packed into one model (`train_stage1_seeds`,
+`train_stage2_seeds`: what the harness runs with the grid key `pack_seeds`); a counted epoch
 then counts K x its training images. Packed seeds make each kernel K times wider, which packing processes
 alone cannot (K processes launch K times as many kernels instead). Compare runs with --seeds 1 and --seeds 3
 by aggregate images/s.
@@ -47,7 +47,7 @@ from drolt.config import Stage1Config, Stage2Config
 from drolt.model import resnet32
 from drolt.sampling import make_sampler
 from drolt.stage1 import train_stage1_seeds
-from drolt.stage2 import train_stage2
+from drolt.stage2 import train_stage2_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,8 +123,11 @@ def worker(args: argparse.Namespace) -> None:
             train_stage1_seeds(cfgs, data, device, on_epoch=lambda i, record, state: window(record, state)
                                if i == 0 else None)
         else:
+            cfgs = [dataclasses.replace(cfg2, seed=cfg2.seed * args.seeds + s) for s in range(args.seeds)]
             torch.manual_seed(args.rank)
-            train_stage2(cfg2, data, resnet32(data.num_classes).state_dict(), device, on_epoch=window)
+            weights = [resnet32(data.num_classes).state_dict() for _ in cfgs]
+            train_stage2_seeds(cfgs, data, weights, device, on_epoch=lambda i, record, state: window(record, state)
+                               if i == 0 else None)
     except WindowClosed:
         pass
     result = {**window.result(), "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", type=int, default=1, choices=[1, 2], help="the stage every process trains")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8], help="processes per run")
     parser.add_argument("--seeds", type=int, default=1,
-                        help="stage-1 seeds each process trains packed into one model (the grid's pack_seeds)")
+                        help="seeds each process trains packed into one model (the grid's pack_seeds)")
     parser.add_argument("--window", type=float, default=20.0, help="measuring window per count, seconds")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per process (the trial's cpus)")
     parser.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
@@ -302,9 +305,6 @@ def main(argv: list[str] | None = None) -> None:
         return worker(args)
     if not 0 < args.subsample <= 1 or args.window <= 0 or min(args.counts) < 1 or args.seeds < 1:
         parser.error("need 0 < --subsample <= 1, --window > 0, --counts >= 1 and --seeds >= 1")
-    if args.stage == 2 and args.seeds > 1:
-        raise SystemExit(f"--seeds {args.seeds} packs stage-1 seeds into one model; stage 2 trains one seed per "
-                         "process: drop --seeds (or use --seeds 1) with --stage 2")
     if not torch.cuda.is_available() and not args.allow_cpu:
         raise SystemExit("gpu_packing measures how trials share a GPU, and PyTorch sees no CUDA GPU here. Run it on "
                          "a GPU machine, or pass --allow-cpu (with e.g. --subsample 0.02 --counts 1 2 --window 5) "

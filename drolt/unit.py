@@ -31,7 +31,7 @@ from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_syn
 from .model import resnet32
 from .provenance import provenance
 from .stage1 import train_stage1, train_stage1_seeds
-from .stage2 import BANK_DRAWS, train_stage2
+from .stage2 import BANK_DRAWS, train_stage2, train_stage2_seeds
 from .training import StageResult, TrainingDiverged
 
 METHODS = ("ce", "ldam_drw", "dro_lt")
@@ -143,11 +143,13 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
     return _finish_stage(stage, folder, result, cfg, data, device, t0)
 
 
-def run_stage1_pack(units: Sequence[UnitConfig], folders: Sequence[Path], data: LongTailData, device: torch.device,
-                    log: Log, report: Optional[Callable[[int, dict], None]] = None) -> list[Optional[dict]]:
-    """Runs the stage 1 of units that differ only in their seed, packed into one model (`train_stage1_seeds`),
-    each into its own folder exactly as `run_stage` would; returns their result.json contents in order, None
-    for a unit whose training diverged (its error.json says so; the others go on without it).
+def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], data: LongTailData,
+             device: torch.device, log: Log, report: Optional[Callable[[int, dict], None]] = None,
+             stage1_weights: Optional[Sequence[dict]] = None) -> list[Optional[dict]]:
+    """Runs one stage of units that differ only in their seed (stage 2: and the stage 1 each starts from,
+    `stage1_weights`), packed into one model (`train_stage1_seeds`, `train_stage2_seeds`), each into its own
+    folder exactly as `run_stage` would; returns their result.json contents in order, None for a unit whose
+    training diverged (its error.json says so; the others go on without it).
 
     Done units are skipped, and so are units that diverged in an earlier attempt of this run (`diverged`:
     they would only diverge again; `drolt run` clears error.json before a run, so a trial Ray retries finds
@@ -157,12 +159,13 @@ def run_stage1_pack(units: Sequence[UnitConfig], folders: Sequence[Path], data: 
     """
     if any(unit.data != units[0].data for unit in units):
         raise ValueError("units trained packed must share their data settings; train them apart")
+    cfgs = [unit.stage1 if stage == 1 else unit.stage2 for unit in units]
     results: list[Optional[dict]] = [None] * len(units)
     waiting: dict[int, Optional[dict]] = {}  # unit index -> the state it resumes from
     for i, folder in enumerate(folders):
         if diverged(folder):
             continue
-        results[i], resume = _open_stage(1, folder, log)
+        results[i], resume = _open_stage(stage, folder, log)
         if results[i] is None:
             waiting[i] = resume
     while waiting:
@@ -170,8 +173,8 @@ def run_stage1_pack(units: Sequence[UnitConfig], folders: Sequence[Path], data: 
         after = min(epochs.values())
         pack = [i for i in waiting if epochs[i] == after]
         catch_up = min((e for e in epochs.values() if e > after), default=None)
-        savers = [_epoch_saver(folders[i], units[i].stage1.epochs, _tagged(log, units[i].stage1.seed, len(pack)),
-                               None) for i in pack]
+        savers = [_epoch_saver(folders[i], cfgs[i].epochs, _tagged(log, cfgs[i].seed, len(pack)), None)
+                  for i in pack]
         reports: list[tuple[int, dict]] = []
 
         def on_epoch(j: int, record: dict, state: dict) -> None:
@@ -187,25 +190,30 @@ def run_stage1_pack(units: Sequence[UnitConfig], folders: Sequence[Path], data: 
             if record["epoch"] + 1 == catch_up:
                 raise _CaughtUp
         if len(waiting) > 1:
-            seeds = ", ".join(str(units[i].stage1.seed) for i in pack)
+            seeds = ", ".join(str(cfgs[i].seed) for i in pack)
             how = f"seeds {seeds} train packed into one model" if len(pack) > 1 else f"seed {seeds} trains alone"
-            log(f"stage 1: {how} after epoch {after}" + (f" until {catch_up}, where the others are" if catch_up else ""))
+            until = f" until {catch_up}, where the others are" if catch_up else ""
+            log(f"stage {stage}: {how} after epoch {after}{until}")
         t0 = time.time()
         try:
-            trained = train_stage1_seeds([units[i].stage1 for i in pack], data, device, on_epoch,
-                                         None if after == 0 else [waiting[i] for i in pack])
+            resumes = None if after == 0 else [waiting[i] for i in pack]
+            if stage == 1:
+                trained = train_stage1_seeds([cfgs[i] for i in pack], data, device, on_epoch, resumes)
+            else:
+                trained = train_stage2_seeds([cfgs[i] for i in pack], data, [stage1_weights[i] for i in pack],
+                                             device, on_epoch, resumes)
         except _CaughtUp:
             trained = []
         except TrainingDiverged as err:
             # The others' last epochs are on disk: they resume without the seed that diverged.
-            failed = next(i for i in pack if err.seed in (None, units[i].stage1.seed))
+            failed = next(i for i in pack if err.seed in (None, cfgs[i].seed))
             record_failure(folders[failed], err, epochs_done(folders[failed]))
-            log(f"stage 1 seed {units[failed].stage1.seed} failed: {err}" + ("; the others go on without it"
-                                                                             if len(waiting) > 1 else ""))
+            others = "; the others go on without it" if len(waiting) > 1 else ""
+            log(f"stage {stage} seed {cfgs[failed].seed} failed: {err}{others}")
             del waiting[failed]
             trained = []
         for i, result in zip(pack, trained):
-            results[i] = _finish_stage(1, folders[i], result, units[i].stage1, data, device, t0)
+            results[i] = _finish_stage(stage, folders[i], result, cfgs[i], data, device, t0)
             del waiting[i]
         for i in waiting:
             waiting[i] = load_resume_state(folders[i], log)

@@ -36,8 +36,8 @@ GRID_KEYS = {
     "resources": "per trial: {cpus: number > 0, gpus: number in [0, 1] or a whole number}",
     "allow_cpu_fallback": "bool: run on CPU when the grid asks for GPUs and the cluster has none",
     "max_failures": "int >= 0: retries of a trial whose process dies",
-    "pack_seeds": "int >= 1: stage-1 units that differ only in their seed train up to this many per trial, packed "
-                  "into one model (wider GPU kernels; 1: each alone)",
+    "pack_seeds": "int >= 1: units of a stage that differ only in their seed train up to this many per trial, "
+                  "packed into one model (wider GPU kernels; 1: each alone)",
 }
 METHOD_KEYS = ("name", "mode", "stage1", "stage2", "label")
 # The labels methods get by default, which stand for the published numbers, and the names tables print.
@@ -101,7 +101,7 @@ class Grid:
     gpus: float = 0.0
     allow_cpu_fallback: bool = False
     max_failures: int = 2
-    pack_seeds: int = 1             # stage-1 units per trial when they differ only in their seed
+    pack_seeds: int = 1             # units per trial when they differ only in their seed
     results: Path = Path("results")   # tables and figures of this grid: <results folder>/<name>/
 
 
@@ -154,7 +154,7 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
     if grid.max_failures < 0:
         raise GridError(f"max_failures must be >= 0; got {grid.max_failures}")
     if grid.pack_seeds < 1:
-        raise GridError(f"pack_seeds must be >= 1 (1: each stage-1 unit trains alone); got {grid.pack_seeds}")
+        raise GridError(f"pack_seeds must be >= 1 (1: each unit trains alone); got {grid.pack_seeds}")
     # Checked here too, so a typo under stage2 is caught even when no method has a stage 2, and one under
     # stage1 is named where it was written, not in the first method it reaches.
     _checked(Stage2Config, {**grid.stage2, "mode": "faithful"}, "stage2")

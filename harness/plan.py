@@ -11,19 +11,25 @@ from .storage import UnitState, read_state
 
 
 def packs(units: list[Unit], size: int) -> list[list[Unit]]:
-    """Returns the units as trials: stage-1 units that differ only in their seed in packs of at most `size`
-    (as even as can be), every other unit alone."""
+    """Returns the units as trials: units of one stage that differ only in their seed (stage 2: and so in the
+    stage-1 unit it starts from) in packs of at most `size` (as even as can be)."""
     groups: dict[str, list[Unit]] = {}
     for unit in units:
-        if unit.stage != 1 or size == 1:
-            groups[unit.id] = [unit]
-            continue
-        settings = {**unit.settings, "stage1": {k: v for k, v in unit.settings["stage1"].items() if k != "seed"}}
-        groups.setdefault(json.dumps(settings, sort_keys=True), []).append(unit)
+        key = unit.id if size == 1 else json.dumps(_without_seed(unit.settings), sort_keys=True)
+        groups.setdefault(key, []).append(unit)
     out = []
     for group in groups.values():
         count = -(-len(group) // size)  # ceiling: the fewest packs, then their sizes evened out
         out += [group[i::count] for i in range(count)]
+    return out
+
+
+def _without_seed(settings: dict) -> dict:
+    """A unit's settings without what its seed decides: its seed and, for stage 2, its stage-1 unit."""
+    out = {key: value for key, value in settings.items() if key != "stage1_unit"}
+    for stage in ("stage1", "stage2"):
+        if stage in out:
+            out[stage] = {key: value for key, value in out[stage].items() if key != "seed"}
     return out
 
 
@@ -49,10 +55,9 @@ class Plan:
                  f"{sum(u.stage == 2 for u in self.units.values())} stage-2); storage {self.grid.storage}"]
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
-        if self.grid.pack_seeds > 1 and (todo := self.todo(1)):
-            lines.append(f"  stage-1 units that differ only in their seed train packed, up to {self.grid.pack_seeds} "
-                         f"per trial (pack_seeds): {len(todo)} to run in {len(packs(todo, self.grid.pack_seeds))} "
-                         "trial(s)")
+        if self.grid.pack_seeds > 1 and (todo := self.todo(1) + self.todo(2)):
+            lines.append(f"  units that differ only in their seed train packed, up to {self.grid.pack_seeds} per trial "
+                         f"(pack_seeds): {len(todo)} to run in {len(packs(todo, self.grid.pack_seeds))} trial(s)")
         configs = {u.id: u.config() for u in self.units.values()}
         warnings = {w for u in self.units.values() if u.stage == 1 for w in configs[u.id].stage1.warnings()}
         # the run would stop at its start for want of data: said now, not after the plan looked fine

@@ -426,7 +426,9 @@ def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path)
 def test_seeds_pack_only_with_units_of_the_same_other_settings_and_in_even_packs(tmp_path):
     from harness.launch import packs
     grid = load_grid(_write(tmp_path / "g.yaml", {"seeds": [0, 1, 2, 3, 4], "rhos": [10, 20],
-                                                  "methods": ["ce", "ldam_drw", "dro_lt"], "pack_seeds": 3}))
+                                                  "methods": ["ce", "ldam_drw", "dro_lt",
+                                                              {"name": "dro_lt", "mode": "clean"}],
+                                                  "pack_seeds": 3}))
     units = list(_units(grid).values())
     trials = packs(units, grid.pack_seeds)
     stage1 = [pack for pack in trials if pack[0].stage == 1]
@@ -435,7 +437,11 @@ def test_seeds_pack_only_with_units_of_the_same_other_settings_and_in_even_packs
         settings = {json.dumps({**u.settings, "stage1": {k: v for k, v in u.settings["stage1"].items() if k != "seed"}},
                                sort_keys=True) for u in pack}
         assert len(settings) == 1 and len({u.settings["stage1"]["seed"] for u in pack}) == len(pack)
-    assert all(len(pack) == 1 for pack in trials if pack[0].stage == 2)  # stage 2 trains unpacked
+    stage2 = [pack for pack in trials if pack[0].stage == 2]  # faithful and clean of 4 data settings
+    assert sorted(len(pack) for pack in stage2) == [2, 2, 2, 2, 3, 3, 3, 3]
+    for pack in stage2:
+        # one mode, each seed from its own stage 1
+        assert len({u.settings["stage2"]["mode"] for u in pack}) == 1 and len({u.depends_on for u in pack}) == len(pack)
     assert sorted(u.id for pack in trials for u in pack) == sorted(u.id for u in units)
     assert all(len(pack) == 1 for pack in packs(units, 1))
 

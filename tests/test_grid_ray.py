@@ -205,7 +205,7 @@ def test_rerun_of_a_completed_grid_trains_nothing(packed, capsys):
     assert {uid: _mtimes(storage / uid) for uid in before} == before
 
 
-def test_seeds_packed_into_one_trial_train_each_unit_into_its_folder_and_stage_2_starts_from_them(
+def test_seeds_packed_into_one_trial_train_each_unit_into_its_folder_in_both_stages(
         local_ray, data_root, tmp_path):
     local_ray.start(num_gpus=1)
     path = _grid(tmp_path, data_root, name="seedpacks", seeds=[0, 1, 2], methods=["ce", "dro_lt"], pack_seeds=2)
@@ -219,8 +219,10 @@ def test_seeds_packed_into_one_trial_train_each_unit_into_its_folder_and_stage_2
     stage1 = [json.loads(line) for line in
               (load_grid(path).storage / units["cifar10 rho10 s0 seed0 stage1 ce"].id / "metrics.jsonl").open()]
     assert [r["epoch"] for r in stage1] == [0, 1]
-    assert sum("packed with 1 other seed(s)" in line for line in lines) == 2
-    assert all(_result(path, u)["last"]["epoch"] == 1 for u in units.values() if u.stage == 2)
+    assert sum("packed with 1 other seed(s)" in line for line in lines) == 4  # 2 in each stage
+    stage2 = [_result(path, u) for u in units.values() if u.stage == 2]
+    assert all(r["last"]["epoch"] == 1 for r in stage2) and sorted(r["packed_seeds"] for r in stage2) == [1, 2, 2]
+    assert "stage 2: 3 unit(s), 0.5 CPU / 0 GPU per trial (2 trials, seeds packed)" in lines
 
 
 @pytest.fixture(scope="module")

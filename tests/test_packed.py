@@ -17,7 +17,7 @@ from drolt.packed import (PackedResNet, join_optimizer_states, join_states, pack
 from drolt.stage1 import train_stage1, train_stage1_seeds
 from drolt.stage2 import train_stage2, train_stage2_seeds
 from drolt.training import TrainingDiverged
-from drolt.unit import UnitConfig, epochs_done, run_stage1_pack
+from drolt.unit import UnitConfig, epochs_done, run_pack
 
 CPU = torch.device("cpu")
 
@@ -123,8 +123,8 @@ def test_packed_seeds_in_float32_stay_within_rounding_of_each_seed_alone(tiny):
 def test_a_pack_resumed_after_an_epoch_gives_the_same_numbers_as_uninterrupted(tiny):
     cfg = s1(epochs=3)
     states = {}
-    full = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU,
-                              on_epoch=lambda i, record, state: states.setdefault((i, state["epoch"]), copy.deepcopy(state)))
+    full = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU, on_epoch=lambda i, record, state: states.setdefault(
+        (i, state["epoch"]), copy.deepcopy(state)))
     resumed = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU, resumes=[states[(0, 1)], states[(1, 1)]])
     for a, b in zip(full, resumed):
         assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
@@ -157,7 +157,7 @@ def test_the_unit_runner_keeps_each_seed_in_its_own_folder_and_goes_on_without_a
         return real(cfgs, data, device, on_epoch, resumes)
     monkeypatch.setattr(drolt.unit, "train_stage1_seeds", seed_1_diverges_in_epoch_1)
     lines = []
-    results = run_stage1_pack(units, folders, tiny, CPU, lines.append)
+    results = run_pack(1, units, folders, tiny, CPU, lines.append)
     assert calls == [([0, 1, 2], False), ([0, 2], True)]  # the others resumed after their epoch 0
     assert results[1] is None and json.loads((folders[1] / "error.json").read_text())["type"] == "TrainingDiverged"
     for i in (0, 2):
@@ -173,7 +173,7 @@ def test_the_unit_runner_keeps_each_seed_in_its_own_folder_and_goes_on_without_a
     assert any("stage 1 seed 1 failed" in line and "the others go on without it" in line for line in lines)
     # run again: the finished seeds are reused, not retrained
     monkeypatch.setattr(drolt.unit, "train_stage1_seeds", real)
-    again = run_stage1_pack([units[0], units[2]], [folders[0], folders[2]], tiny, CPU, lines.append)
+    again = run_pack(1, [units[0], units[2]], [folders[0], folders[2]], tiny, CPU, lines.append)
     assert [r["finished_at"] for r in again] == [results[0]["finished_at"], results[2]["finished_at"]]
 
 
@@ -182,7 +182,7 @@ def test_a_pack_reports_an_epoch_only_once_every_seed_has_it_on_disk(tiny, tmp_p
     units = [UnitConfig(method="ce", stage1=s1(seed=s)) for s in (0, 1)]
     folders = [tmp_path / f"unit{s}" for s in (0, 1)]
     seen = []
-    run_stage1_pack(units, folders, tiny, CPU, lambda line: None,
+    run_pack(1, units, folders, tiny, CPU, lambda line: None,
                     lambda i, record: seen.append((i, record["epoch"], [epochs_done(f) for f in folders])))
     assert [(i, epoch) for i, epoch, _ in seen] == [(0, 0), (1, 0), (0, 1), (1, 1)]
     assert all(done == [epoch + 1, epoch + 1] for _, epoch, done in seen)
@@ -211,7 +211,7 @@ def test_seeds_behind_train_packed_until_they_reach_the_others_then_all_go_on_to
         calls.append(([c.seed for c in cfgs], [r["epoch"] for r in resumes] if resumes else None))
         return real(cfgs, data, device, on_epoch, resumes)
     monkeypatch.setattr(drolt.unit, "train_stage1_seeds", recorded)
-    results = run_stage1_pack(units, folders, tiny, CPU, lambda line: None)
+    results = run_pack(1, units, folders, tiny, CPU, lambda line: None)
     assert calls == [([2], None), ([1, 2], [1, 1]), ([0, 1, 2], [2, 2, 2])]
     for folder, result in zip(folders, results):
         epochs = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
@@ -221,11 +221,11 @@ def test_seeds_behind_train_packed_until_they_reach_the_others_then_all_go_on_to
 
 def test_a_unit_that_diverges_alone_is_recorded_and_a_retried_trial_leaves_it_be(tiny, tmp_path):
     unit, folder = UnitConfig(method="ce", stage1=s1(lr=1e30, warmup_epochs=0)), tmp_path / "unit"
-    assert run_stage1_pack([unit], [folder], tiny, CPU, lambda line: None) == [None]
+    assert run_pack(1, [unit], [folder], tiny, CPU, lambda line: None) == [None]
     error = json.loads((folder / "error.json").read_text())
     assert error["type"] == "TrainingDiverged" and "stage 1 epoch 0" in error["message"]
     # a trial Ray retries (its process died after this seed's pack went on) does not train it again
-    assert run_stage1_pack([unit], [folder], tiny, CPU, lambda line: None) == [None]
+    assert run_pack(1, [unit], [folder], tiny, CPU, lambda line: None) == [None]
     assert json.loads((folder / "error.json").read_text()) == error and not (folder / "state.pt").exists()
 
 

@@ -1,12 +1,11 @@
-"""The Ray Tune trainable: one stage of one unit (or the stage 1 of a pack of seeds), run through `drolt` into
-the units' folders.
+"""The Ray Tune trainable: one stage of one unit (or of a pack of seeds), run through `drolt` into the units'
+folders.
 
 The unit folder is the checkpoint store: every epoch's state is written there atomically, so a retried trial,
 a re-run after the driver died and another grid sharing the storage all resume from the same files.
 """
 from __future__ import annotations
 
-import functools
 import math
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,7 +17,7 @@ from ray import tune
 from drolt.checkpoint import folder_lock, load_state
 from drolt.data import DataError
 from drolt.training import TrainingDiverged
-from drolt.unit import diverged, epochs_done, load_data, record_failure, run_stage, run_stage1_pack, unit_from_dict
+from drolt.unit import diverged, epochs_done, load_data, record_failure, run_pack, unit_from_dict
 
 # Per-class lists and radii stay in metrics.jsonl; Ray gets the scalars.
 _SCALARS = ("epoch", "lr", "train_loss", "loss", "ce_loss", "robust_loss", "top1", "top5", "many", "medium",
@@ -40,7 +39,7 @@ def _metrics(record: dict) -> dict:
 
 
 def train_units(config: dict) -> None:
-    """Runs one unit, or the stage 1 of units that differ only in their seed packed into one model, into
+    """Runs one unit, or a stage of units that differ only in their seed packed into one model, into
     <storage>/<unit id>/ each.
 
     config = {"units": [{"id", "stage", "settings", "depends_on", "drolt": the settings drolt takes (method,
@@ -59,15 +58,11 @@ def train_units(config: dict) -> None:
 
             def report(i: int, record: dict) -> None:
                 tune.report({**_metrics(record), "unit": i})
-            if units[0]["stage"] == 1:
-                run_stage1_pack(cfgs, folders, data, device, _log, report)
-            else:
-                if len(units) != 1:
-                    raise ValueError(f"a stage-2 trial trains one unit; got {len(units)}")
-                unit = units[0]
-                weights = load_state(storage / unit["depends_on"] / f"model_{unit['settings']['handoff']}.pt")
-                run_stage(2, cfgs[0], data, device, folders[0], _log, stage1_weights=weights,
-                          report=functools.partial(report, 0))
+            weights = None
+            if units[0]["stage"] == 2:  # each from the weights its own stage-1 unit hands on
+                weights = [load_state(storage / unit["depends_on"] / f"model_{unit['settings']['handoff']}.pt")
+                           for unit in units]
+            run_pack(units[0]["stage"], cfgs, folders, data, device, _log, report, weights)
         except _DETERMINISTIC as err:
             _record_unfinished(folders, err)
         except Exception as err:
