@@ -39,7 +39,8 @@ class CosineClassifier(nn.Module):
         self.weight = nn.Parameter(weight / weight.norm(dim=0, keepdim=True))
 
     def forward(self, z: Tensor) -> Tensor:
-        return F.normalize(z, dim=1) @ F.normalize(self.weight, dim=0)
+        # the last dimension: a pack of one (drolt/packed.py) passes [1, B, 64]
+        return F.normalize(z, dim=-1) @ F.normalize(self.weight, dim=0)
 
 
 class ResNetCifar(nn.Module):

@@ -92,6 +92,7 @@ def _row(grid: Grid, run: Run, units: dict) -> dict:
     # Seeds trained packed (pack_seeds) each record the pack's time; their own share divides it among them.
     row["stage1_own_time_s"] = stage1.get("own_time_s", stage1["wall_time_s"]) if stage1 else math.nan
     row["stage2_wall_time_s"] = result["wall_time_s"] if unit.stage == 2 else math.nan
+    row["stage2_own_time_s"] = result.get("own_time_s", result["wall_time_s"]) if unit.stage == 2 else math.nan
     row["unit_id"] = unit.id
     row["stage1_unit_id"] = unit.depends_on or unit.id
     row.update({k: result.get("provenance", {}).get(k, "unknown") for k in PROVENANCE})
@@ -475,7 +476,7 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
             # both stages' values: a DRO-LT row's stage 1 was trained by its own process
             values = set(frame[key]) | set(frame.get(f"stage1_{key}", []))
             parts.append(f"- {key.replace('_', ' ')}: {', '.join(sorted(map(str, values)))}\n")
-        wall = frame.drop_duplicates("stage1_unit_id")["stage1_own_time_s"].sum() + frame["stage2_wall_time_s"].sum()
+        wall = frame.drop_duplicates("stage1_unit_id")["stage1_own_time_s"].sum() + frame["stage2_own_time_s"].sum()
         parts.append(f"- wall time: {wall / 3600:.2f} h over all finished units (a shared stage 1 counted once, "
                      "seeds trained packed their pack's time once)\n")
     return "".join(parts)

@@ -317,10 +317,11 @@ def test_the_wall_time_total_counts_the_time_of_seeds_trained_packed_once(grid, 
     # 4 stage-1 units of 100 s (shared by all three methods) and 8 stage-2 units of 200 s: 2000 s unpacked
     write_report(grid, tmp_path / "alone", log=lambda line: None)
     assert "- wall time: 0.56 h" in (tmp_path / "alone" / "report.md").read_text()
-    for unit in expand(grid)[1].values():  # both seeds of a rho trained as one pack: each records its 100 s
-        if unit.stage == 1:
-            path = grid.storage / unit.id / "result.json"
-            path.write_text(json.dumps({**json.loads(path.read_text()), "own_time_s": 50.0}))
-    assert (build_frame(grid)["stage1_own_time_s"] == 50).all()
+    for unit in expand(grid)[1].values():  # both seeds of a rho and mode trained as one pack, in both stages
+        path = grid.storage / unit.id / "result.json"
+        result = json.loads(path.read_text())
+        path.write_text(json.dumps({**result, "own_time_s": result["wall_time_s"] / 2}))
+    frame = build_frame(grid)
+    assert (frame["stage1_own_time_s"] == 50).all() and (frame["stage2_own_time_s"].dropna() == 100).all()
     write_report(grid, tmp_path / "packed", log=lambda line: None)
-    assert "- wall time: 0.50 h" in (tmp_path / "packed" / "report.md").read_text()  # 200 + 1600 s
+    assert "- wall time: 0.28 h" in (tmp_path / "packed" / "report.md").read_text()  # 200 + 800 s
