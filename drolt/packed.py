@@ -1,4 +1,4 @@
-"""K seeds of ResNet-32 as one model, so that one process trains several stage-1 units at once.
+"""K seeds of ResNet-32 as one model, so that one process trains several units of a stage at once.
 
 A training step of ResNet-32 at batch 128 is a few hundred small kernels, each far from filling a large GPU;
 processes sharing the GPU mostly take turns. Packed, every kernel is K times wider instead of K times as many:
