@@ -169,8 +169,8 @@ def _join(key: str, values: Sequence[Tensor]) -> Tensor:
 def _split(key: str, value: Tensor, k: int) -> list[Tensor]:
     """Returns the K seeds' tensors of state `key` held in a packed tensor (`_join` reversed)."""
     if key.endswith("num_batches_tracked"):
-        return [value] * k
-    return [part.clone() for part in (value.unbind(0) if _stacked(key) else value.chunk(k))]
+        return [value.detach().clone()] * k
+    return [part.detach().clone() for part in (value.unbind(0) if _stacked(key) else value.chunk(k))]
 
 
 def join_states(states: Sequence[dict]) -> dict:
@@ -181,9 +181,10 @@ def join_states(states: Sequence[dict]) -> dict:
 
 
 def split_state(state: dict, k: int) -> list[dict]:
-    """Returns the K ResNet-32 state dicts held in a packed model's state dict (`join_states` reversed)."""
+    """Returns copies of the K ResNet-32 state dicts held in a packed model's state dict (`join_states`
+    reversed): later training steps cannot change them."""
     if k == 1:
-        return [{key.removeprefix("model."): value for key, value in state.items()}]
+        return [{key.removeprefix("model."): value.detach().clone() for key, value in state.items()}]
     parts = {key: _split(key, value, k) for key, value in state.items()}
     return [{key: seed_parts[i] for key, seed_parts in parts.items()} for i in range(k)]
 

@@ -18,8 +18,8 @@ from .model import resnet32
 from .packed import (join_optimizer_states, join_states, packed_model, parameter_names, resume_epoch, shared_settings,
                      split_optimizer_state, split_state)
 from .sampling import ShuffledEpochs
-from .training import (EpochCallback, StageResult, augmented_batches, augmenter, check_finite, clone_state,
-                       device_generator, evaluate_seeds, improved, set_lr)
+from .training import (EpochCallback, StageResult, augmenter, check_finite, device_generator, evaluate_seeds,
+                       improved, packed_batches, set_lr)
 
 
 def lr_at(cfg: Stage1Config, epoch: int) -> float:
@@ -99,12 +99,8 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
         model.train()
         # Summed on the device and read once per epoch: a .item() per batch would sync the GPU every step.
         loss_sums = torch.zeros(k, device=device)
-        streams = [augmented_batches(data, sampler.next_pass().to(device), cfg.batch_size, gen, cfg.augment_batches,
-                                     augment=augment) for sampler, gen in zip(samplers, aug_gens)]
-        for batch in zip(*streams):
-            # seed i's images in channels [3i, 3i + 3): what `pack` makes of them, in one copy (none for one seed)
-            x = batch[0][0] if k == 1 else torch.cat([x for x, _ in batch], dim=1)
-            y = batch[0][1].unsqueeze(0) if k == 1 else torch.stack([y for _, y in batch])
+        streams = [sampler.next_pass().to(device) for sampler in samplers]
+        for x, y in packed_batches(data, streams, cfg.batch_size, aug_gens, cfg.augment_batches, augment=augment):
             losses = step(speed.model_input(x, cfg.channels_last), y, weights, key=lr)
             loss_sums += losses * y.shape[1]
         train_losses = [loss_sum / n for loss_sum in loss_sums.tolist()]
@@ -115,7 +111,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
         with_ncm = (epoch + 1) % cfg.ncm_every == 0 or epoch + 1 == cfg.epochs
         reports = evaluate_seeds(model, net, data, cfg, k, ncm=with_ncm)
         epoch_time = time.perf_counter() - t0
-        states = split_state(clone_state(model), k)
+        states = split_state(model.state_dict(), k)
         optimizer_states = split_optimizer_state(optimizer.state_dict(), names, k) if on_epoch else [None] * k
         for i, (history, report, state) in enumerate(zip(histories, reports, states)):
             record = {"stage": 1, "epoch": epoch, "lr": lr, "train_loss": train_losses[i], **report,
@@ -129,7 +125,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
                                      "optimizer": optimizer_states[i], "sampler": samplers[i].state_dict(),
                                      "aug_gen": aug_gens[i].get_state(), "history": history, "best": bests[i]})
 
-    last_states = split_state(clone_state(model), k)
+    last_states = split_state(model.state_dict(), k)
     if any(math.isnan(best["record"]["ncm_top1"]) for best in bests):
         # ncm_every skipped a best epoch's NCM: evaluated now from its weights, as it would have been then
         # (a best kept in a resume state was read to the CPU, one found since lies on the device)

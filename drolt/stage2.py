@@ -7,7 +7,7 @@ of the un-augmented LT training set and (4) the test metrics with NCM.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +22,8 @@ from .model import resnet32
 from .packed import (RADII, join_optimizer_states, join_states, packed_model, parameter_names, resume_epoch,
                      shared_settings, split_optimizer_state, split_state)
 from .sampling import make_sampler
-from .training import (EpochCallback, StageResult, augmented_batches, augmenter, check_finite, clone_state,
-                       device_generator, evaluate_seeds, extract, improved)
+from .training import (EpochCallback, StageResult, augmenter, check_finite, device_generator, evaluate_seeds,
+                       extract_seeds, improved, join_views, packed_batches)
 from .stage1 import SeedCallback
 
 
@@ -148,7 +148,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
 
         reports = evaluate_seeds(model, net, data, cfg, k)
         epoch_time = time.perf_counter() - t0
-        states = split_state(clone_state(model), k)
+        states = split_state(model.state_dict(), k)
         opt_states = [split_optimizer_state(opt.state_dict(), names, k) if on_epoch else [None] * k
                       for opt, names in ((opt_features, feature_names), (opt_classifier, classifier_names))]
         for i, (history, report, state) in enumerate(zip(histories, reports, states)):
@@ -172,7 +172,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
     # classifier epochs it is the feature epoch with the best test NCM accuracy.
     results = []
     for history, features_best, classifier_best, last_state in zip(histories, best_features, best_classifier,
-                                                                    split_state(clone_state(model), k)):
+                                                                    split_state(model.state_dict(), k)):
         best = classifier_best or features_best
         results.append(StageResult(history=history, last=history[-1], best=best["record"],
                                    selected="best" if cfg.mode == "faithful" else "last",
@@ -188,19 +188,15 @@ def centroid_banks(model: nn.Module, net: Callable, data: LongTailData, streams:
     model.eval()
     draws = [bank_draws(data, stream, cfg, gen) for stream, gen in zip(streams, gens)]
 
-    def seeds_last(x: Tensor) -> tuple[Tensor, Tensor]:  # extract concatenates chunks along the first dimension
-        z, logits = net(x)
-        return z.transpose(0, 1), logits.transpose(0, 1)
-
     def images(pos: Tensor) -> Tensor:
         # Chunks of eval_batch_size images take their slice of the pass's draws: the images do not depend on it.
-        views = [augment(data.train_images[stream[pos]], take_draws(d, pos)) for stream, d in zip(streams, draws)]
-        return views[0] if len(views) == 1 else torch.cat(views, dim=1)
+        return join_views([augment(data.train_images[stream[pos]], take_draws(d, pos))
+                           for stream, d in zip(streams, draws)])
 
-    z, _ = extract(seeds_last, torch.arange(len(streams[0]), device=streams[0].device), cfg.eval_batch_size, images,
-                   cfg)
-    return torch.stack([class_centroids(z[:, i], data.train_labels[stream], data.num_classes)
-                        for i, stream in enumerate(streams)])
+    z, _ = extract_seeds(net, torch.arange(len(streams[0]), device=streams[0].device), cfg.eval_batch_size, images,
+                         cfg)
+    return torch.stack([class_centroids(seed_z, data.train_labels[stream], data.num_classes)
+                        for seed_z, stream in zip(z, streams)])
 
 
 def bank_draws(data: LongTailData, stream: Tensor, cfg: Stage2Config, gen: torch.Generator) -> Draws:
@@ -218,18 +214,6 @@ def feature_losses(z: Tensor, logits: Tensor, y: Tensor, centroids: Tensor, eps:
     return ce_weight * ce + robust_weight * robust, ce, robust
 
 
-def _packed_batches(data: LongTailData, streams: Sequence[Tensor], cfg: Stage2Config,
-                    gens: Sequence[torch.Generator], augment: ApplyDraws) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yields (packed images [B, K*3, H, W], labels [K, B]) of every seed's stream, batch by batch."""
-    per_seed = [augmented_batches(data, stream, cfg.batch_size, gen, cfg.augment_batches, cfg.autoaugment,
-                                  cfg.cutout, augment) for stream, gen in zip(streams, gens)]
-    for batch in zip(*per_seed):
-        if len(batch) == 1:
-            yield batch[0][0], batch[0][1].unsqueeze(0)
-        else:  # seed i's images in channels [3i, 3i + 3), as `pack` lays them out
-            yield torch.cat([x for x, _ in batch], dim=1), torch.stack([y for _, y in batch])
-
-
 def feature_epoch(model: nn.Module, data: LongTailData, streams: Sequence[Tensor], centroids: Tensor,
                   cfg: Stage2Config, step: Callable[[Tensor, Tensor, Tensor], Tensor],
                   gens: Sequence[torch.Generator], augment: ApplyDraws = apply_draws) -> list[dict]:
@@ -240,7 +224,8 @@ def feature_epoch(model: nn.Module, data: LongTailData, streams: Sequence[Tensor
     model.train()
     model.fc.requires_grad_(False)
     sums = torch.zeros(len(streams), 3, device=streams[0].device)  # loss, ce, robust per seed; read once per epoch
-    for x, y in _packed_batches(data, streams, cfg, gens, augment):
+    for x, y in packed_batches(data, streams, cfg.batch_size, gens, cfg.augment_batches, cfg.autoaugment, cfg.cutout,
+                               augment):
         sums += step(speed.model_input(x, cfg.channels_last), y, centroids) * y.shape[1]
     model.fc.requires_grad_(True)
     return [{"loss": loss, "ce_loss": ce, "robust_loss": robust}
@@ -254,7 +239,8 @@ def classifier_epoch(model: nn.Module, data: LongTailData, streams: Sequence[Ten
     loss."""
     model.eval()
     loss_sums = torch.zeros(len(streams), device=streams[0].device)
-    for x, y in _packed_batches(data, streams, cfg, gens, augment):
+    for x, y in packed_batches(data, streams, cfg.batch_size, gens, cfg.augment_batches, cfg.autoaugment, cfg.cutout,
+                               augment):
         x = speed.model_input(x, cfg.channels_last)
         with speed.autocast(x.device, cfg.precision):
             with torch.no_grad():  # the backbone is frozen: no graph through it

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterator, Optional
+from typing import Any, Callable, Collection, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -97,6 +97,34 @@ def extract(net: Callable[[Tensor], tuple[Tensor, Tensor]], items: Tensor, batch
     return torch.cat(feats), torch.cat(logits)
 
 
+def extract_seeds(net: Callable[[Tensor], tuple[Tensor, Tensor]], items: Tensor, batch_size: int,
+                  transform: Callable[[Tensor], Tensor], cfg: Any) -> tuple[Tensor, Tensor]:
+    """`extract` for a packed model (drolt/packed.py), whose outputs have the seeds first: returns (features
+    [K, n, 64], logits [K, n, C]); `transform` makes a packed chunk of the model's input."""
+    def seeds_last(x: Tensor) -> tuple[Tensor, Tensor]:  # extract concatenates chunks along the first dimension
+        z, logits = net(x)
+        return z.transpose(0, 1), logits.transpose(0, 1)
+    z, logits = extract(seeds_last, items, batch_size, transform, cfg)
+    return z.transpose(0, 1), logits.transpose(0, 1)
+
+
+def join_views(views: Sequence[Tensor]) -> Tensor:
+    """Returns each seed's images [B, 3, H, W] as one packed batch [B, K*3, H, W] (seed i's in channels
+    [3i, 3i + 3), as `pack` lays them out) in one copy; one seed's are returned as they are."""
+    return views[0] if len(views) == 1 else torch.cat(list(views), dim=1)
+
+
+def packed_batches(data: LongTailData, streams: Sequence[Tensor], batch_size: int, gens: Sequence[torch.Generator],
+                   chunk_batches: int, autoaugment: bool = False, use_cutout: bool = False,
+                   augment: ApplyDraws = apply_draws) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yields (packed images [B, K*3, H, W], labels [K, B]) of every seed's `augmented_batches`, batch by batch."""
+    per_seed = [augmented_batches(data, stream, batch_size, gen, chunk_batches, autoaugment, use_cutout, augment)
+                for stream, gen in zip(streams, gens)]
+    for batch in zip(*per_seed):
+        labels = [y for _, y in batch]
+        yield join_views([x for x, _ in batch]), labels[0].unsqueeze(0) if len(labels) == 1 else torch.stack(labels)
+
+
 def augmenter(cfg: Any, sizes: Collection[int]) -> ApplyDraws:
     """Returns how a stage applies its augmentation draws: `apply_draws`, or with `cfg.graph_augment` its
     sync-free form replayed on a GPU from a CUDA graph, for chunks of one of `sizes` images. Other calls
@@ -142,17 +170,12 @@ def evaluate_seeds(model: nn.Module, net: Callable, data: LongTailData, cfg: Any
     a packed batch and returns (features [K, n, 64], logits [K, n, C]); every seed sees the same images."""
     model.eval()
 
-    def seeds_last(x: Tensor) -> tuple[Tensor, Tensor]:  # extract concatenates chunks along the first dimension
-        z, logits = net(x)
-        return z.transpose(0, 1), logits.transpose(0, 1)
-
     def every_seed(chunk: Tensor) -> Tensor:
         x = test_transform(to_unit_float(chunk))
         return pack(x.unsqueeze(0).expand(k, *x.shape))
 
     def features(images: Tensor) -> tuple[Tensor, Tensor]:
-        z, logits = extract(seeds_last, images, cfg.eval_batch_size, every_seed, cfg)
-        return z.transpose(0, 1), logits.transpose(0, 1)
+        return extract_seeds(net, images, cfg.eval_batch_size, every_seed, cfg)
 
     centroids: list[Optional[Tensor]] = [None] * k
     if ncm:
