@@ -1,6 +1,7 @@
 """Grid files without Ray: validation before any work, unit identity and sharing, `drolt run --dry-run` and
 `drolt status` read from a storage folder."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -527,3 +528,33 @@ def test_a_pack_that_fails_records_its_error_only_in_units_that_neither_finished
     assert not (finished / "error.json").exists()
     assert json.loads((diverged / "error.json").read_text())["type"] == "TrainingDiverged"  # its own cause kept
     assert "CUDA out of memory" in json.loads((running / "error.json").read_text())["message"]
+
+
+def test_a_stage2_unit_whose_stage1_weights_do_not_load_fails_alone_and_its_pack_trains_on(tmp_path, monkeypatch):
+    import dataclasses
+
+    from ray import tune
+
+    from trainables.stage import train_units
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"seeds": [0, 1], "methods": ["dro_lt"], "pack_seeds": 2}))
+    units = _units(grid)
+    reports = []
+    monkeypatch.setattr(tune, "report", reports.append)
+
+    def train(stage):
+        pack = [u for u in units.values() if u.stage == stage]
+        train_units({"units": [{**dataclasses.asdict(u), "drolt": u.drolt_settings()} for u in pack],
+                     "storage": str(grid.storage)})
+        return pack
+    train(1)
+    stage2 = sorted((u for u in units.values() if u.stage == 2), key=lambda u: u.settings["stage2"]["seed"])
+    weights = grid.storage / stage2[0].depends_on / f"model_{stage2[0].settings['handoff']}.pt"
+    weights.write_bytes(b"garbage")  # seed 0's stage 1 damaged after it finished
+    reports.clear()
+    train(2)
+    error = json.loads((grid.storage / stage2[0].id / "error.json").read_text())
+    assert str(weights) in error["message"] and "rebuilds them" in error["message"]
+    assert (grid.storage / stage2[1].id / "done").exists()
+    assert not (grid.storage / stage2[1].id / "error.json").exists()
+    pack = [u.id for u in units.values() if u.stage == 2]
+    assert {pack[r["unit"]] for r in reports} == {stage2[1].id}  # its records are reported as its own

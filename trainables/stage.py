@@ -48,6 +48,7 @@ def train_units(config: dict) -> None:
     """
     units, storage = config["units"], Path(config["storage"])
     folders = [storage / unit["id"] for unit in units]
+    kept = list(range(len(units)))  # the units this trial trains: all, unless stage-1 weights fail to load
     with ExitStack() as held:
         for folder in folders:
             held.enter_context(folder_lock(folder, wait_s=120, holder="another drolt run"))
@@ -56,18 +57,40 @@ def train_units(config: dict) -> None:
             device = trial_device()
             data = load_data(cfgs[0].data).to(device)
 
-            def report(i: int, record: dict) -> None:
-                tune.report({**_metrics(record), "unit": i})
             weights = None
-            if units[0]["stage"] == 2:  # each from the weights its own stage-1 unit hands on
-                weights = [load_state(storage / unit["depends_on"] / f"model_{unit['settings']['handoff']}.pt")
-                           for unit in units]
-            run_pack(units[0]["stage"], cfgs, folders, data, device, _log, report, weights)
+            if units[0]["stage"] == 2:
+                kept, weights = _stage1_weights(units, folders, storage)
+                if not kept:
+                    return
+
+            def report(j: int, record: dict) -> None:
+                tune.report({**_metrics(record), "unit": kept[j]})
+            run_pack(units[0]["stage"], [cfgs[i] for i in kept], [folders[i] for i in kept], data, device, _log,
+                     report, weights)
         except _DETERMINISTIC as err:
-            _record_unfinished(folders, err)
+            _record_unfinished([folders[i] for i in kept], err)
         except Exception as err:
-            _record_unfinished(folders, err)
+            _record_unfinished([folders[i] for i in kept], err)
             raise
+
+
+def _stage1_weights(units: list[dict], folders: list[Path], storage: Path) -> tuple[list[int], list]:
+    """Returns the indices of the stage-2 units that can train and the weights each starts from, its own stage-1
+    unit's. A unit whose stage-1 weights do not load is recorded failed, naming the file, and the rest of its
+    pack goes on without it."""
+    kept, weights = [], []
+    for i, (unit, folder) in enumerate(zip(units, folders)):
+        path = storage / unit["depends_on"] / f"model_{unit['settings']['handoff']}.pt"
+        try:
+            weights.append(load_state(path))
+        except Exception as err:  # whatever torch.load raises for a missing, truncated or garbled file
+            problem = ValueError(f"the stage-1 weights {path} do not load ({type(err).__name__}: {err}); "
+                                 "`drolt run` again rebuilds them from that unit's last state")
+            record_failure(folder, problem, epochs_done(folder))
+            _log(f"unit {unit['id']} failed: {problem}")
+            continue
+        kept.append(i)
+    return kept, weights
 
 
 def _log(line: str) -> None:
