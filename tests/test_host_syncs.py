@@ -17,8 +17,8 @@ from torch.overrides import TorchFunctionMode
 
 from drolt.augment import apply_draws, draw
 from drolt.config import Stage1Config, Stage2Config
-from drolt.stage1 import train_stage1
-from drolt.stage2 import train_stage2
+from drolt.stage1 import train_stage1_seeds
+from drolt.stage2 import train_stage2_seeds
 
 CPU = torch.device("cpu")
 # Tensor reads on the host, and ops whose output size depends on the data (CUDA reads that size back).
@@ -76,11 +76,12 @@ def data(small_long_tail):
 
 
 @pytest.mark.parametrize("method", ["ce", "ldam_drw"])
-def test_a_stage_1_epoch_syncs_as_often_with_twice_the_batches(data, method):
+@pytest.mark.parametrize("seeds", [1, 2], ids=["alone", "packed"])
+def test_a_stage_1_epoch_syncs_as_often_with_twice_the_batches(data, method, seeds):
     def epoch(batch_size):
-        cfg = Stage1Config(epochs=1, method=method, batch_size=batch_size, lr=0.01, warmup_epochs=1,
-                           eval_batch_size=2 * batch_size, drw_start_epoch=0)
-        return _syncs(lambda: train_stage1(cfg, data, CPU))
+        cfgs = [Stage1Config(epochs=1, method=method, batch_size=batch_size, lr=0.01, warmup_epochs=1,
+                             eval_batch_size=2 * batch_size, drw_start_epoch=0, seed=seed) for seed in range(seeds)]
+        return _syncs(lambda: train_stage1_seeds(cfgs, data, CPU))
 
     assert len(data.train_labels) // 16 > len(data.train_labels) // 32 >= 2
     few, many = epoch(32), epoch(16)  # twice the training batches and evaluation chunks
@@ -90,21 +91,23 @@ def test_a_stage_1_epoch_syncs_as_often_with_twice_the_batches(data, method):
 
 @pytest.fixture(scope="module")
 def stage1_state(data):
-    return train_stage1(Stage1Config(epochs=1, batch_size=32, lr=0.01, warmup_epochs=1), data, CPU).last_state
+    cfg = Stage1Config(epochs=1, batch_size=32, lr=0.01, warmup_epochs=1)
+    return train_stage1_seeds([cfg], data, CPU)[0].last_state
 
 
-def _stage2_syncs(data, stage1_state, batch_size, augment_batches, **speed):
-    cfg = Stage2Config(epochs=2, classifier_epochs=1, batch_size=batch_size, augment_batches=augment_batches,
-                       eval_batch_size=64, **speed)
-    return _syncs(lambda: train_stage2(cfg, data, stage1_state, CPU))
+def _stage2_syncs(data, stage1_state, batch_size, augment_batches, seeds=1):
+    cfgs = [Stage2Config(epochs=2, classifier_epochs=1, batch_size=batch_size, augment_batches=augment_batches,
+                         eval_batch_size=64, seed=seed) for seed in range(seeds)]
+    return _syncs(lambda: train_stage2_seeds(cfgs, data, [stage1_state] * seeds, CPU))
 
 
-def test_stage_2_syncs_grow_with_augmentation_chunks_not_batches(data, stage1_state):
+@pytest.mark.parametrize("seeds", [1, 2], ids=["alone", "packed"])
+def test_stage_2_syncs_grow_with_augmentation_chunks_not_batches(data, stage1_state, seeds):
     # The same 64-image augmentation chunks, cut into batches of 32 or of 16: only AutoAugment's grouping
     # reads back per chunk; nothing else reads per batch, in the feature or the classifier epoch.
-    few, many = _stage2_syncs(data, stage1_state, 32, 2), _stage2_syncs(data, stage1_state, 16, 4)
+    few, many = _stage2_syncs(data, stage1_state, 32, 2, seeds), _stage2_syncs(data, stage1_state, 16, 4, seeds)
     assert not many - few, f"syncs that grow with the batches: {many - few}"
-    per_chunk = _stage2_syncs(data, stage1_state, 16, 2) - few  # half the chunk: twice the chunks
+    per_chunk = _stage2_syncs(data, stage1_state, 16, 2, seeds) - few  # half the chunk: twice the chunks
     assert per_chunk and all("autoaugment.py" in where for where in per_chunk), per_chunk
 
 
@@ -113,4 +116,32 @@ def test_the_sync_free_augmentation_that_graph_augment_records_reads_nothing_bac
     x = data.train_images[:64]
     draws = draw(64, torch.Generator().manual_seed(0), CPU, autoaugment=True, use_cutout=True)
     assert _syncs(lambda: apply_draws(x, draws)), "the grouped path syncs: the counter must see it"
+    apply_draws(x, draws, sync_free=True)  # the warm-up before a recording makes the cached tables
     assert not _syncs(lambda: apply_draws(x, draws, sync_free=True))
+
+
+@pytest.mark.parametrize("seeds", [1, 2], ids=["alone", "packed"])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_the_training_step_graph_step_records_reads_nothing_back(data, stage1_state, fake_cuda_graphs, monkeypatch,
+                                                                  stage, seeds):
+    # graph_step records the whole training step as a CUDA graph, and a recording cannot wait for the host:
+    # one read-back in the step (any seed's loss, the radii's clamp, the optimizer) would fail it on a GPU.
+    from conftest import FakeGraph
+    in_replays: Counter = Counter()
+    replay = FakeGraph.replay
+
+    def counted(graph: FakeGraph) -> None:  # a replay reruns exactly what the recording holds
+        with HostSyncs() as counter:
+            replay(graph)
+        in_replays.update(counter.calls)
+    monkeypatch.setattr(FakeGraph, "replay", counted)
+    if stage == 1:
+        cfgs = [Stage1Config(epochs=1, batch_size=16, lr=0.01, warmup_epochs=1, graph_step=True, seed=seed)
+                for seed in range(seeds)]
+        train_stage1_seeds(cfgs, data, CPU)
+    else:
+        cfgs = [Stage2Config(epochs=2, classifier_epochs=1, batch_size=16, eval_batch_size=64, graph_step=True,
+                             seed=seed) for seed in range(seeds)]
+        train_stage2_seeds(cfgs, data, [stage1_state] * seeds, CPU)
+    assert fake_cuda_graphs and all(graph.replays for graph in fake_cuda_graphs)
+    assert not in_replays, f"host reads in the recorded step: {in_replays}"

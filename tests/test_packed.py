@@ -253,3 +253,33 @@ def test_packed_stage_2_seeds_train_exactly_as_each_seed_alone_in_float64(smalle
                    for k in alone.last_state if not k.endswith("num_batches_tracked"))
     resumed = train_stage2_seeds(seeds(cfg, 0, 1), smaller, stage1, CPU, resumes=[states[(0, 2)], states[(1, 2)]])
     assert [r.history[-1]["loss"] for r in resumed] == [r.history[-1]["loss"] for r in packed]
+
+
+def _losses(results, key):
+    """Each seed's `key` per epoch, a NaN (an epoch without the figure) as None, so that lists compare."""
+    return [[None if record[key] != record[key] else record[key] for record in result.history] for result in results]
+
+
+@pytest.mark.parametrize("method", ["ce", "ldam_drw"])
+def test_packed_stage_1_under_graph_step_gives_the_eager_packs_records(tiny, fake_cuda_graphs, method):
+    # Stand-in graphs rerun the recorded packed step on its input buffers: a packed batch or the seeds' labels
+    # not copied in would train every replay on the recording's batch. A recording per learning rate of the
+    # warm-up (2), and LDAM-DRW's another when its class weights appear.
+    cfg = s1(method=method, epochs=3, warmup_epochs=2, drw_start_epoch=2)
+    eager = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU)
+    graphed = train_stage1_seeds(seeds(dataclasses.replace(cfg, graph_step=True), 0, 1), tiny, CPU)
+    for key in ("train_loss", "top1", "ncm_top1"):
+        assert _losses(graphed, key) == _losses(eager, key)
+    assert len(fake_cuda_graphs) == (3 if method == "ldam_drw" else 2)
+    assert all(g.replays > 0 for g in fake_cuda_graphs)
+
+
+def test_packed_stage_2_under_graph_step_gives_the_eager_packs_records(smaller, fake_cuda_graphs):
+    # The feature epochs replay one recording, each seed's centroids of the pass copied in with the batch.
+    stage1 = [train_stage1(s1(seed=s, epochs=1, batch_size=16), smaller, CPU).model_state for s in (0, 1)]
+    cfg = Stage2Config(epochs=3, classifier_epochs=1, batch_size=16, eval_batch_size=256)
+    eager = train_stage2_seeds(seeds(cfg, 0, 1), smaller, stage1, CPU)
+    graphed = train_stage2_seeds(seeds(dataclasses.replace(cfg, graph_step=True), 0, 1), smaller, stage1, CPU)
+    for key in ("loss", "robust_loss", "top1", "ncm_top1", "radii"):
+        assert _losses(graphed, key) == _losses(eager, key)
+    assert len(fake_cuda_graphs) == 1 and fake_cuda_graphs[0].replays > 1
