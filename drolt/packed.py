@@ -218,24 +218,36 @@ def parameter_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters()]
 
 
-def shared_settings(cfgs: Sequence[Any]) -> Any:
-    """Returns the settings the seeds of a pack share (a stage config); raises ValueError unless seeds are all
-    they differ in."""
+# The settings units of a pack may differ in, per stage: stage 2's faithful and clean modes differ only in the
+# loss's quirks and in which feature epoch the classifier restarts from, both kept per unit.
+PER_UNIT = {1: ("seed",), 2: ("seed", "mode")}
+
+
+def shared_settings(cfgs: Sequence[Any], per_unit: Sequence[str] = ("seed",)) -> Any:
+    """Returns the settings the units of a pack share (a stage config: the first unit's); raises ValueError
+    unless `per_unit` settings (seed, and in stage 2 mode) are all they differ in, and each unit differs."""
     if not cfgs:
-        raise ValueError("no settings given: a pack trains at least one seed")
+        raise ValueError("no settings given: a pack trains at least one unit")
     for cfg in cfgs:
         cfg.validate()
-    seeds = [cfg.seed for cfg in cfgs]
-    if len(set(seeds)) < len(seeds):
-        raise ValueError(f"seeds packed into one model must differ; got {seeds}")
-    shared = dataclasses.replace(cfgs[0], seed=0)
-    for cfg in cfgs[1:]:
-        if dataclasses.replace(cfg, seed=0) != shared:
-            changed = [f.name for f in dataclasses.fields(cfg) if f.name != "seed"
+    names = unit_names(cfgs, per_unit)
+    if len(set(names)) < len(names):
+        raise ValueError(f"units packed into one model must differ in {' or '.join(per_unit)}; got {names}")
+    shared = cfgs[0]
+    for cfg, name in zip(cfgs[1:], names[1:]):
+        if dataclasses.replace(cfg, **{key: getattr(shared, key) for key in per_unit}) != shared:
+            changed = [f.name for f in dataclasses.fields(cfg) if f.name not in per_unit
                        and getattr(cfg, f.name) != getattr(shared, f.name)]
-            raise ValueError(f"seeds packed into one model must share every other setting; seed {cfg.seed} "
-                             f"differs from seed {seeds[0]} in {', '.join(changed)}: train them apart")
+            raise ValueError(f"units packed into one model may differ only in {', '.join(per_unit)}; {name} "
+                             f"differs from {names[0]} in {', '.join(changed)}: train them apart")
     return cfgs[0]
+
+
+def unit_names(cfgs: Sequence[Any], per_unit: Sequence[str] = ("seed",)) -> list[str]:
+    """Returns how logs and errors name each unit of a pack: its seed, and its other `per_unit` settings
+    where the pack mixes them ("seed 0 clean")."""
+    mixed = [key for key in per_unit if key != "seed" and len({getattr(cfg, key) for cfg in cfgs}) > 1]
+    return [" ".join([f"seed {cfg.seed}", *(str(getattr(cfg, key)) for key in mixed)]) for cfg in cfgs]
 
 
 def resume_epoch(resumes: Sequence[dict]) -> int:

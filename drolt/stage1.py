@@ -16,7 +16,7 @@ from .data import LongTailData
 from .losses import drw_weights, ldam_loss, ldam_margins
 from .model import resnet32
 from .packed import (join_optimizer_states, join_states, packed_model, parameter_names, resume_epoch, shared_settings,
-                     split_optimizer_state, split_state)
+                     split_optimizer_state, split_state, unit_names)
 from .sampling import ShuffledEpochs
 from .training import (EpochCallback, StageResult, augmenter, check_finite, device_generator, evaluate_seeds,
                        improved, packed_batches, set_lr)
@@ -104,8 +104,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
             losses = step(speed.model_input(x, cfg.channels_last), y, weights, key=lr)
             loss_sums += losses * y.shape[1]
         train_losses = [loss_sum / n for loss_sum in loss_sums.tolist()]
-        for seed_cfg, train_loss in zip(cfgs, train_losses):
-            check_finite(train_loss, 1, epoch, seed=seed_cfg.seed if k > 1 else None)
+        check_finite(train_losses, 1, epoch, unit_names(cfgs))
         train_time = time.perf_counter() - t0
 
         with_ncm = (epoch + 1) % cfg.ncm_every == 0 or epoch + 1 == cfg.epochs

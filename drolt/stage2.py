@@ -19,8 +19,8 @@ from .config import Stage2Config
 from .data import LongTailData
 from .losses import class_weights, robust_loss, weighted_cross_entropy
 from .model import resnet32
-from .packed import (RADII, join_optimizer_states, join_states, packed_model, parameter_names, resume_epoch,
-                     shared_settings, split_optimizer_state, split_state)
+from .packed import (PER_UNIT, RADII, join_optimizer_states, join_states, packed_model, parameter_names,
+                     resume_epoch, shared_settings, split_optimizer_state, split_state, unit_names)
 from .sampling import make_sampler
 from .training import (EpochCallback, StageResult, augmenter, check_finite, device_generator, evaluate_seeds,
                        extract_seeds, improved, join_views, packed_batches)
@@ -47,13 +47,14 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
 def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_states: Sequence[dict],
                        device: torch.device, on_epoch: Optional[SeedCallback] = None,
                        resumes: Optional[Sequence[dict]] = None) -> list[StageResult]:
-    """Trains the stage 2 of units that differ only in their seed (and the stage 1 each starts from), packed
-    into one model as `train_stage1_seeds` packs stage 1; returns their results in the order of `cfgs`.
+    """Trains the stage 2 of units that differ only in their seed and mode (and the stage 1 each starts from),
+    packed into one model as `train_stage1_seeds` packs stage 1; returns their results in the order of `cfgs`.
 
-    Each seed keeps its own radii, class-aware sampling, augmentation draws and centroid banks. `on_epoch(i,
-    record, state)` gets seed i's record and the state of an unpacked stage 2, which `resumes` takes.
+    Each unit keeps its own radii, class-aware sampling, augmentation draws, centroid banks and mode (the
+    robust loss's quirks, the faithful restart of the classifier phase, what it reports). `on_epoch(i,
+    record, state)` gets unit i's record and the state of an unpacked stage 2, which `resumes` takes.
     """
-    cfg = shared_settings(cfgs)
+    cfg = shared_settings(cfgs, PER_UNIT[2])
     k, C = len(cfgs), data.num_classes
     models = [resnet32(C) for _ in cfgs]
     for seed_model, state in zip(models, stage1_states):
@@ -87,8 +88,8 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
         # another, and autocast casts the weights anew in every replay instead of caching the casts.
         with speed.autocast(device, cfg.precision, cache=not cfg.graph_step):
             z, logits = (step_net if cfg.graph_step else net)(x)
-            losses = [loss_fn(z[i], logits[i], y[i], centroids[i], radii(i), ce_weights, cfg.temperature, cfg.mode,
-                              cfg.ce_weight, cfg.robust_weight) for i in range(k)]
+            losses = [loss_fn(z[i], logits[i], y[i], centroids[i], radii(i), ce_weights, cfg.temperature,
+                              cfgs[i].mode, cfg.ce_weight, cfg.robust_weight) for i in range(k)]
         opt_features.zero_grad(set_to_none=True)  # in a recording: the gradients live in the graph's memory
         torch.stack([loss for loss, _, _ in losses]).sum().backward()  # each seed's loss reaches its own weights
         opt_features.step()
@@ -122,11 +123,15 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         feature_phase = epoch < first_classifier_epoch
-        if epoch == first_classifier_epoch and cfg.mode == "faithful" and best_features[0] is not None:
+        reload = [c.mode == "faithful" and best is not None for c, best in zip(cfgs, best_features)]
+        if epoch == first_classifier_epoch and any(reload):
             # QUIRK (faithful): the classifier is re-trained on the feature epoch chosen by test NCM accuracy.
             # The reference's checkpoint holds the model alone: the radii stay as the last feature epoch left them.
+            # A clean unit packed beside faithful ones goes on from its last feature epoch.
+            now = split_state(model.state_dict(), k) if not all(reload) else [None] * k
             model.load_state_dict(join_states([{key: value.to(device) for key, value in best["model"].items()}
-                                               for best in best_features]))
+                                               if again else state
+                                               for again, best, state in zip(reload, best_features, now)]))
         streams = [sampler.next_pass().to(device) for sampler in samplers]
         if feature_phase:
             centroids = centroid_banks(model, net, data, streams, cfg, aug_gens, augment)
@@ -142,8 +147,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
             losses = classifier_epoch(model, data, streams, cfg, opt_classifier, classifier_weights, aug_gens,
                                       augment)
             lr = cfg.classifier_lr
-        for seed_cfg, seed_losses in zip(cfgs, losses):
-            check_finite(seed_losses["loss"], 2, epoch, seed=seed_cfg.seed if k > 1 else None)
+        check_finite([unit_losses["loss"] for unit_losses in losses], 2, epoch, unit_names(cfgs, PER_UNIT[2]))
         train_time = time.perf_counter() - t0
 
         reports = evaluate_seeds(model, net, data, cfg, k)
@@ -171,11 +175,11 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
     # "Best on test" is the best top-1 among classifier epochs (the model the reference reports); without
     # classifier epochs it is the feature epoch with the best test NCM accuracy.
     results = []
-    for history, features_best, classifier_best, last_state in zip(histories, best_features, best_classifier,
-                                                                    split_state(model.state_dict(), k)):
+    for unit_cfg, history, features_best, classifier_best, last_state in zip(
+            cfgs, histories, best_features, best_classifier, split_state(model.state_dict(), k)):
         best = classifier_best or features_best
         results.append(StageResult(history=history, last=history[-1], best=best["record"],
-                                   selected="best" if cfg.mode == "faithful" else "last",
+                                   selected="best" if unit_cfg.mode == "faithful" else "last",
                                    best_state=best["model"], last_state=last_state))
     return results
 

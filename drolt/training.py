@@ -21,12 +21,12 @@ EpochCallback = Callable[[dict, dict], None]
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the message names the stage and epoch (and `seed`, the
-    seed that diverged in a pack of seeds; None otherwise)."""
+    """The training loss became NaN or infinite; the message names the stage and epoch (and `member`, the index
+    of the unit that diverged in a pack; None outside a pack)."""
 
-    def __init__(self, message: str, seed: Optional[int] = None):
+    def __init__(self, message: str, member: Optional[int] = None):
         super().__init__(message)
-        self.seed = seed
+        self.member = member
 
 
 @dataclass
@@ -67,12 +67,15 @@ def device_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def check_finite(loss: float, stage: int, epoch: int, seed: Optional[int] = None) -> None:
-    """Raises TrainingDiverged when the epoch's mean loss is not finite (`seed`: which seed of a pack)."""
-    if not math.isfinite(loss):
-        which = f" (seed {seed}, trained packed with others)" if seed is not None else ""
-        raise TrainingDiverged(f"stage {stage} epoch {epoch}{which}: training loss is {loss}; lower the learning "
-                               "rate or check the data (the unit is recorded as failed)", seed)
+def check_finite(losses: Sequence[float], stage: int, epoch: int, names: Sequence[str]) -> None:
+    """Raises TrainingDiverged when a unit's mean loss of the epoch is not finite (`losses` and `names`: one
+    per unit of the pack)."""
+    for member, (loss, name) in enumerate(zip(losses, names)):
+        if not math.isfinite(loss):
+            which = f" ({name}, trained packed with others)" if len(losses) > 1 else ""
+            raise TrainingDiverged(f"stage {stage} epoch {epoch}{which}: training loss is {loss}; lower the "
+                                   "learning rate or check the data (the unit is recorded as failed)",
+                                   member if len(losses) > 1 else None)
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ from .checkpoint import (discard_partial_writes, folder_lock, load_state, read_j
 from .config import DATA_LOCATION, DataConfig, Stage1Config, Stage2Config, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from .model import resnet32
+from .packed import PER_UNIT, unit_names
 from .provenance import provenance
 from .stage1 import train_stage1, train_stage1_seeds
 from .stage2 import BANK_DRAWS, train_stage2, train_stage2_seeds
@@ -146,8 +147,8 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
 def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], data: LongTailData,
              device: torch.device, log: Log, report: Optional[Callable[[int, dict], None]] = None,
              stage1_weights: Optional[Sequence[dict]] = None) -> list[Optional[dict]]:
-    """Runs one stage of units that differ only in their seed (stage 2: and the stage 1 each starts from,
-    `stage1_weights`), packed into one model (`train_stage1_seeds`, `train_stage2_seeds`), each into its own
+    """Runs one stage of units that differ only in their seed (stage 2: and mode, and the stage 1 each starts
+    from, `stage1_weights`), packed into one model (`train_stage1_seeds`, `train_stage2_seeds`), each into its own
     folder exactly as `run_stage` would; returns their result.json contents in order, None for a unit whose
     training diverged (its error.json says so; the others go on without it).
 
@@ -160,6 +161,7 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], d
     if any(unit.data != units[0].data for unit in units):
         raise ValueError("units trained packed must share their data settings; train them apart")
     cfgs = [unit.stage1 if stage == 1 else unit.stage2 for unit in units]
+    names = unit_names(cfgs, PER_UNIT[stage])
     results: list[Optional[dict]] = [None] * len(units)
     waiting: dict[int, Optional[dict]] = {}  # unit index -> the state it resumes from
     for i, folder in enumerate(folders):
@@ -173,7 +175,7 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], d
         after = min(epochs.values())
         pack = [i for i in waiting if epochs[i] == after]
         catch_up = min((e for e in epochs.values() if e > after), default=None)
-        savers = [_epoch_saver(folders[i], cfgs[i].epochs, _tagged(log, cfgs[i].seed, len(pack)), None)
+        savers = [_epoch_saver(folders[i], cfgs[i].epochs, _tagged(log, names[i], len(pack)), None)
                   for i in pack]
         reports: list[tuple[int, dict]] = []
 
@@ -190,8 +192,8 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], d
             if record["epoch"] + 1 == catch_up:
                 raise _CaughtUp
         if len(waiting) > 1:
-            seeds = ", ".join(str(cfgs[i].seed) for i in pack)
-            how = f"seeds {seeds} train packed into one model" if len(pack) > 1 else f"seed {seeds} trains alone"
+            how = (f"{', '.join(names[i] for i in pack)} train packed into one model" if len(pack) > 1
+                   else f"{names[pack[0]]} trains alone")
             until = f" until {catch_up}, where the others are" if catch_up else ""
             log(f"stage {stage}: {how} after epoch {after}{until}")
         t0 = time.time()
@@ -205,11 +207,11 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], d
         except _CaughtUp:
             trained = []
         except TrainingDiverged as err:
-            # The others' last epochs are on disk: they resume without the seed that diverged.
-            failed = next(i for i in pack if err.seed in (None, cfgs[i].seed))
+            # The others' last epochs are on disk: they resume without the unit that diverged.
+            failed = pack[err.member or 0]
             record_failure(folders[failed], err, epochs_done(folders[failed]))
             others = "; the others go on without it" if len(waiting) > 1 else ""
-            log(f"stage {stage} seed {cfgs[failed].seed} failed: {err}{others}")
+            log(f"stage {stage} {names[failed]} failed: {err}{others}")
             del waiting[failed]
             trained = []
         for i, result in zip(pack, trained):
@@ -232,9 +234,9 @@ def diverged(folder: Path) -> bool:
         return False
 
 
-def _tagged(log: Log, seed: int, k: int) -> Log:
-    """Returns `log` with each line naming the seed, where lines of several packed seeds interleave."""
-    return log if k == 1 else (lambda line: log(f"[seed {seed}] {line}"))
+def _tagged(log: Log, name: str, k: int) -> Log:
+    """Returns `log` with each line naming the unit, where lines of several packed units interleave."""
+    return log if k == 1 else (lambda line: log(f"[{name}] {line}"))
 
 
 def _open_stage(stage: int, folder: Path, log: Log) -> tuple[Optional[dict], Optional[dict]]:

@@ -181,7 +181,7 @@ def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every:
             if todo:
                 trials = len(packs(todo, grid.pack_seeds))
                 per = ("each" if trials == len(todo)
-                       else f"per trial ({trials} trial{'s' if trials > 1 else ''}, seeds packed)")
+                       else f"per trial ({trials} trial{'s' if trials > 1 else ''}, units packed)")
                 log(f"stage {stage}: {len(todo)} unit(s), {resources['cpu']:g} CPU / {resources['gpu']:g} GPU {per}")
                 _fit_wave(plan, todo, resources, log, every, started)
         return make_plan(grid)

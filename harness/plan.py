@@ -5,17 +5,19 @@ import json
 from dataclasses import dataclass
 
 from drolt.data import missing_data
+from drolt.packed import PER_UNIT
 
 from .grid import Grid, Run, Unit, expand
 from .storage import UnitState, read_state
 
 
 def packs(units: list[Unit], size: int) -> list[list[Unit]]:
-    """Returns the units as trials: units of one stage that differ only in their seed (stage 2: and so in the
-    stage-1 unit it starts from) in packs of at most `size` (as even as can be)."""
+    """Returns the units as trials: units of one stage that differ only in their seed (stage 2: and in their
+    mode, and so in the stage-1 unit and weights each starts from) in packs of at most `size` (as even as can
+    be)."""
     groups: dict[str, list[Unit]] = {}
     for unit in units:
-        key = unit.id if size == 1 else json.dumps(_without_seed(unit.settings), sort_keys=True)
+        key = unit.id if size == 1 else json.dumps(_shared(unit.settings), sort_keys=True)
         groups.setdefault(key, []).append(unit)
     out = []
     for group in groups.values():
@@ -24,12 +26,13 @@ def packs(units: list[Unit], size: int) -> list[list[Unit]]:
     return out
 
 
-def _without_seed(settings: dict) -> dict:
-    """A unit's settings without what its seed decides: its seed and, for stage 2, its stage-1 unit."""
-    out = {key: value for key, value in settings.items() if key != "stage1_unit"}
+def _shared(settings: dict) -> dict:
+    """A unit's settings without what may differ within a pack (drolt.packed.PER_UNIT): its seed and, in stage
+    2, its mode with what follows from it (the handoff) and its stage-1 unit."""
+    out = {key: value for key, value in settings.items() if key not in ("stage1_unit", "handoff")}
     for stage in ("stage1", "stage2"):
         if stage in out:
-            out[stage] = {key: value for key, value in out[stage].items() if key != "seed"}
+            out[stage] = {key: value for key, value in out[stage].items() if key not in PER_UNIT[int(stage[-1])]}
     return out
 
 
@@ -56,8 +59,9 @@ class Plan:
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
         if self.grid.pack_seeds > 1 and (todo := self.todo(1) + self.todo(2)):
-            lines.append(f"  units that differ only in their seed train packed, up to {self.grid.pack_seeds} per trial "
-                         f"(pack_seeds): {len(todo)} to run in {len(packs(todo, self.grid.pack_seeds))} trial(s)")
+            lines.append(f"  units that differ only in their seed (stage 2: or mode) train packed, up to "
+                         f"{self.grid.pack_seeds} per trial (pack_seeds): {len(todo)} to run in "
+                         f"{len(packs(todo, self.grid.pack_seeds))} trial(s)")
         configs = {u.id: u.config() for u in self.units.values()}
         warnings = {w for u in self.units.values() if u.stage == 1 for w in configs[u.id].stage1.warnings()}
         # the run would stop at its start for want of data: said now, not after the plan looked fine

@@ -37,12 +37,12 @@ class GridProgress(Callback):
         self.last_line = 0.0
 
     def _units(self, trial) -> list[Unit]:
-        """The units a trial trains: one, or a pack of stage-1 seeds."""
+        """The units a trial trains: one, or a pack."""
         return [self.units[unit["id"]] for unit in trial.config["units"]]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         units = self._units(trial)
-        packed = f" (packed with {len(units) - 1} other seed(s))" if len(units) > 1 else ""
+        packed = f" (packed with {len(units) - 1} other unit(s))" if len(units) > 1 else ""
         for unit in units:
             if is_done(self.storage, unit.id) or diverged(self.storage / unit.id):  # a retried pack's finished seeds
                 continue

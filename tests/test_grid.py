@@ -438,13 +438,18 @@ def test_seeds_pack_only_with_units_of_the_same_other_settings_and_in_even_packs
         settings = {json.dumps({**u.settings, "stage1": {k: v for k, v in u.settings["stage1"].items() if k != "seed"}},
                                sort_keys=True) for u in pack}
         assert len(settings) == 1 and len({u.settings["stage1"]["seed"] for u in pack}) == len(pack)
-    stage2 = [pack for pack in trials if pack[0].stage == 2]  # faithful and clean of 4 data settings
+    stage2 = [pack for pack in trials if pack[0].stage == 2]  # 5 seeds x faithful and clean of 2 data settings
     assert sorted(len(pack) for pack in stage2) == [2, 2, 2, 2, 3, 3, 3, 3]
     for pack in stage2:
-        # one mode, each seed from its own stage 1
+        # the grid's order, seed by seed, strided: one mode per pack where the packs split a cell's units
         assert len({u.settings["stage2"]["mode"] for u in pack}) == 1 and len({u.depends_on for u in pack}) == len(pack)
     assert sorted(u.id for pack in trials for u in pack) == sorted(u.id for u in units)
     assert all(len(pack) == 1 for pack in packs(units, 1))
+    # faithful and clean units differ only in their mode: a pack large enough holds both
+    whole = [pack for pack in packs(units, 10) if pack[0].stage == 2]
+    assert [len(pack) for pack in whole] == [10, 10]
+    assert all({u.settings["stage2"]["mode"] for u in pack} == {"faithful", "clean"} for pack in whole)
+    assert all(len({u.settings["data"]["rho"] for u in pack}) == 1 for pack in whole)
 
 
 def test_a_finished_stage_1_whose_weights_are_damaged_is_rebuilt_not_trusted(tmp_path):
@@ -530,13 +535,15 @@ def test_a_pack_that_fails_records_its_error_only_in_units_that_neither_finished
     assert "CUDA out of memory" in json.loads((running / "error.json").read_text())["message"]
 
 
-def test_a_stage2_unit_whose_stage1_weights_do_not_load_fails_alone_and_its_pack_trains_on(tmp_path, monkeypatch):
+def test_a_stage2_pack_of_both_modes_trains_each_unit_and_one_whose_stage1_weights_fail_fails_alone(
+        tmp_path, monkeypatch):
     import dataclasses
 
     from ray import tune
 
     from trainables.stage import train_units
-    grid = load_grid(_write(tmp_path / "grid.yaml", {"seeds": [0, 1], "methods": ["dro_lt"], "pack_seeds": 2}))
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"seeds": [0, 1], "pack_seeds": 4,
+                                                     "methods": ["dro_lt", {"name": "dro_lt", "mode": "clean"}]}))
     units = _units(grid)
     reports = []
     monkeypatch.setattr(tune, "report", reports.append)
@@ -547,14 +554,18 @@ def test_a_stage2_unit_whose_stage1_weights_do_not_load_fails_alone_and_its_pack
                      "storage": str(grid.storage)})
         return pack
     train(1)
-    stage2 = sorted((u for u in units.values() if u.stage == 2), key=lambda u: u.settings["stage2"]["seed"])
-    weights = grid.storage / stage2[0].depends_on / f"model_{stage2[0].settings['handoff']}.pt"
-    weights.write_bytes(b"garbage")  # seed 0's stage 1 damaged after it finished
+    pack = [u for u in units.values() if u.stage == 2]  # seeds 0 and 1, faithful and clean: one trial
+    broken = next(u for u in pack if u.settings["stage2"]["seed"] == 0 and u.settings["handoff"] == "best")
+    weights = grid.storage / broken.depends_on / "model_best.pt"
+    weights.write_bytes(b"garbage")  # seed 0's stage-1 best weights damaged after it finished
     reports.clear()
     train(2)
-    error = json.loads((grid.storage / stage2[0].id / "error.json").read_text())
+    error = json.loads((grid.storage / broken.id / "error.json").read_text())
     assert str(weights) in error["message"] and "rebuilds them" in error["message"]
-    assert (grid.storage / stage2[1].id / "done").exists()
-    assert not (grid.storage / stage2[1].id / "error.json").exists()
-    pack = [u.id for u in units.values() if u.stage == 2]
-    assert {pack[r["unit"]] for r in reports} == {stage2[1].id}  # its records are reported as its own
+    trained = [u for u in pack if u is not broken]  # seed 0 clean (from model_last.pt) and both modes of seed 1
+    for unit in trained:
+        assert not (grid.storage / unit.id / "error.json").exists()
+        result = json.loads((grid.storage / unit.id / "result.json").read_text())
+        assert result["packed_seeds"] == 3 and result["config"]["mode"] == unit.settings["stage2"]["mode"]
+        assert result["selected"] == ("best" if unit.settings["stage2"]["mode"] == "faithful" else "last")
+    assert {pack[r["unit"]].id for r in reports} == {u.id for u in trained}  # records reported as their own

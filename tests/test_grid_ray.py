@@ -212,17 +212,17 @@ def test_seeds_packed_into_one_trial_train_each_unit_into_its_folder_in_both_sta
     lines = []
     plan = run_grid(load_grid(path), log=lines.append, every=1)
     assert plan.count("done") == 6, lines  # 3 stage-1 units in 2 trials, then 3 stage-2 units
-    assert "stage 1: 3 unit(s), 0.5 CPU / 0 GPU per trial (2 trials, seeds packed)" in lines
+    assert "stage 1: 3 unit(s), 0.5 CPU / 0 GPU per trial (2 trials, units packed)" in lines
     units = _units(path)
     packed = {seed: _result(path, units[f"cifar10 rho10 s0 seed{seed} stage1 ce"])["packed_seeds"] for seed in (0, 1, 2)}
     assert sorted(packed.values()) == [1, 2, 2]
     stage1 = [json.loads(line) for line in
               (load_grid(path).storage / units["cifar10 rho10 s0 seed0 stage1 ce"].id / "metrics.jsonl").open()]
     assert [r["epoch"] for r in stage1] == [0, 1]
-    assert sum("packed with 1 other seed(s)" in line for line in lines) == 4  # 2 in each stage
+    assert sum("packed with 1 other unit(s)" in line for line in lines) == 4  # 2 in each stage
     stage2 = [_result(path, u) for u in units.values() if u.stage == 2]
     assert all(r["last"]["epoch"] == 1 for r in stage2) and sorted(r["packed_seeds"] for r in stage2) == [1, 2, 2]
-    assert "stage 2: 3 unit(s), 0.5 CPU / 0 GPU per trial (2 trials, seeds packed)" in lines
+    assert "stage 2: 3 unit(s), 0.5 CPU / 0 GPU per trial (2 trials, units packed)" in lines
 
 
 @pytest.fixture(scope="module")

@@ -283,3 +283,27 @@ def test_packed_stage_2_under_graph_step_gives_the_eager_packs_records(smaller, 
     for key in ("loss", "robust_loss", "top1", "ncm_top1", "radii"):
         assert _losses(graphed, key) == _losses(eager, key)
     assert len(fake_cuda_graphs) == 1 and fake_cuda_graphs[0].replays > 1
+
+
+def test_faithful_and_clean_units_packed_together_train_exactly_as_each_alone_in_float64(smaller, float64):
+    # Stage-2 units may differ in their mode too: each keeps its loss's quirks, its own restart of the
+    # classifier phase (faithful: from its best feature epoch; clean: from its last) and what it reports.
+    stage1 = [train_stage1(s1(seed=s, epochs=1, batch_size=16), smaller, CPU).model_state for s in (0, 1)]
+    cfg = Stage2Config(epochs=3, classifier_epochs=1, batch_size=16, eval_batch_size=256)
+    cfgs = [dataclasses.replace(cfg, seed=0, mode=mode) for mode in ("faithful", "clean")]
+    starts = [stage1[0], stage1[1]]
+    packed = train_stage2_seeds(cfgs, smaller, starts, CPU)
+    for unit_cfg, start, result in zip(cfgs, starts, packed):
+        alone = train_stage2(unit_cfg, smaller, start, CPU)
+        assert result.selected == alone.selected == ("best" if unit_cfg.mode == "faithful" else "last")
+        for a, p in zip(alone.history, result.history, strict=True):
+            assert (a["loss"], a["robust_loss"], a["top1"], a["ncm_top1"]) == pytest.approx(
+                (p["loss"], p["robust_loss"], p["top1"], p["ncm_top1"]), rel=1e-9, nan_ok=True)
+            assert a["radii"] == pytest.approx(p["radii"], rel=1e-9)
+        assert all(torch.allclose(alone.last_state[k], result.last_state[k], rtol=0, atol=1e-9)
+                   for k in alone.last_state if not k.endswith("num_batches_tracked"))
+    assert packed[0].history[0]["robust_loss"] != packed[1].history[0]["robust_loss"]  # two modes, two losses
+    with pytest.raises(ValueError, match="must differ in seed or mode"):
+        train_stage2_seeds([cfgs[1], cfgs[1]], smaller, starts, CPU)
+    with pytest.raises(ValueError, match="seed 1 clean differs from seed 0 faithful in temperature"):
+        train_stage2_seeds([cfgs[0], dataclasses.replace(cfgs[1], seed=1, temperature=2.0)], smaller, starts, CPU)

@@ -91,6 +91,16 @@ def test_faithful_classifier_phase_starts_from_best_ncm_feature_epoch(tiny, stag
     assert history[3]["radii"] == history[2]["radii"] != best["radii"]
 
 
+def test_clean_classifier_phase_goes_on_from_the_last_feature_epoch(tiny, stage1_weights):
+    states = []
+    history = train_stage2(s2(epochs=4, classifier_epochs=1, mode="clean"), tiny, stage1_weights, CPU,
+                           on_epoch=lambda record, state: states.append(state["model"])).history
+    best = max(history[:3], key=lambda r: (r["ncm_top1"], -r["epoch"]))
+    assert best["epoch"] != 2, "the test needs a best epoch other than the last feature epoch"
+    backbone = [k for k in states[3] if not k.startswith("fc.")]
+    assert all(torch.equal(states[3][k], states[2][k]) for k in backbone)
+
+
 def test_faithful_reports_best_on_test_and_clean_reports_last(tiny, stage1_weights):
     faithful = train_stage1(s1(epochs=3), tiny, CPU)
     clean = train_stage1(s1(epochs=3, mode="clean"), tiny, CPU)
