@@ -6,8 +6,9 @@
 # Packing is the target still short (1.66x from 4 processes under MPS, 3x asked), so it comes first:
 #   1. seeds packed into one model (`pack_seeds`, train_stage1_seeds) with the paper grid's stage-1 settings:
 #      1, 3 (the paper grid's seeds per cell) and 8 seeds, whole steady epochs, aggregate images/s
-#   2. stage 2 (two thirds of the grid's time) under MPS, processes each packing 3 seeds (1, 2 processes),
-#      then 3. one seed per process (1, 2, 4) as the baseline of the same call: what pack_seeds: 3 gains there
+#   2. stage 2 (two thirds of the grid's time) under MPS, processes each packing 6 units (1, 2 processes; a
+#      cell's 3 seeds in both DRO-LT modes pack together, timed here as 6 seeds of one mode, the same work),
+#      then 3. one seed per process (1, 2, 4) as the baseline of the same call: what pack_seeds: 6 gains there
 #   4. stage 1 under MPS, processes each packing 3 seeds (1, 2, 4); compare the aggregate with one process of
 #      one seed (27,100 images/s, h100_packing_mps_graph_step_fused.txt): 3x is 81,300
 #   5. packed seeds against each seed alone on the GPU (records side by side, bf16: within rounding)
@@ -17,8 +18,8 @@
 #   OUT=/some/folder BUDGET_S=585 bash benchmarks/gpu_next.sh
 source "$(dirname "$0")/gpu_common.sh"
 step 150 packed_stage1.txt python3 -m benchmarks.packed_stage1 --device cuda --counts 3 8 --epochs 3 "${GRID1[@]}"
-step 180 packing_stage2_seeds3_mps.txt bash benchmarks/with_mps.sh python3 -m benchmarks.gpu_packing --stage 2 \
-    --seeds 3 --counts 1 2 --window 10 --threads 2 "${GRID2[@]}"
+step 180 packing_stage2_seeds6_mps.txt bash benchmarks/with_mps.sh python3 -m benchmarks.gpu_packing --stage 2 \
+    --seeds 6 --counts 1 2 --window 10 --threads 2 "${GRID2[@]}"
 step 170 packing_stage2_mps.txt bash benchmarks/with_mps.sh python3 -m benchmarks.gpu_packing --stage 2 \
     --counts 1 2 4 --window 10 --threads 2 "${GRID2[@]}"
 step 170 packing_seeds3_mps.txt bash benchmarks/with_mps.sh python3 -m benchmarks.gpu_packing --seeds 3 \
