@@ -441,7 +441,7 @@ def test_seeds_pack_only_with_units_of_the_same_other_settings_and_in_even_packs
     stage2 = [pack for pack in trials if pack[0].stage == 2]  # 5 seeds x faithful and clean of 2 data settings
     assert sorted(len(pack) for pack in stage2) == [2, 2, 2, 2, 3, 3, 3, 3]
     for pack in stage2:
-        # the grid's order, seed by seed, strided: one mode per pack where the packs split a cell's units
+        # each seed from its own stage 1 (here, packs taken every 2nd unit of the grid's order, one mode each)
         assert len({u.settings["stage2"]["mode"] for u in pack}) == 1 and len({u.depends_on for u in pack}) == len(pack)
     assert sorted(u.id for pack in trials for u in pack) == sorted(u.id for u in units)
     assert all(len(pack) == 1 for pack in packs(units, 1))
@@ -569,3 +569,20 @@ def test_a_stage2_pack_of_both_modes_trains_each_unit_and_one_whose_stage1_weigh
         assert result["packed_seeds"] == 3 and result["config"]["mode"] == unit.settings["stage2"]["mode"]
         assert result["selected"] == ("best" if unit.settings["stage2"]["mode"] == "faithful" else "last")
     assert {pack[r["unit"]].id for r in reports} == {u.id for u in trained}  # records reported as their own
+
+
+def test_a_stage2_trial_whose_storage_fails_for_a_moment_raises_for_ray_to_retry(tmp_path, monkeypatch):
+    import dataclasses
+    import errno
+
+    import trainables.stage
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"methods": ["dro_lt"]}))
+    unit = next(u for u in _units(grid).values() if u.stage == 2)
+
+    def stale(path):
+        raise OSError(errno.ESTALE, "Stale file handle", str(path))
+    monkeypatch.setattr(trainables.stage, "load_state", stale)
+    with pytest.raises(OSError, match="Stale file handle"):  # Ray retries a trial that raises
+        trainables.stage.train_units({"units": [{**dataclasses.asdict(unit), "drolt": unit.drolt_settings()}],
+                                      "storage": str(grid.storage)})
+    assert json.loads((grid.storage / unit.id / "error.json").read_text())["type"] == "OSError"

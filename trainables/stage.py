@@ -7,6 +7,7 @@ a re-run after the driver died and another grid sharing the storage all resume f
 from __future__ import annotations
 
 import math
+import pickle
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,11 +25,14 @@ _SCALARS = ("epoch", "lr", "train_loss", "loss", "ce_loss", "robust_loss", "top1
             "few", "ncm_top1", "epoch_time")
 # Failures that a retry would only repeat: recorded once, the trial ends without asking Ray to retry.
 _DETERMINISTIC = (TrainingDiverged, DataError, ValueError)
+# What torch.load raises for a missing, empty, truncated or garbled checkpoint.
+_DAMAGED = (FileNotFoundError, EOFError, RuntimeError, pickle.UnpicklingError)
 
 
 def trial_device() -> torch.device:
-    """Returns the GPU Ray assigned to this trial (Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
-    if ray.get_gpu_ids() and torch.cuda.is_available():
+    """Returns the GPU Ray assigned to this trial (Ray sets CUDA_VISIBLE_DEVICES), else the CPU; outside a Ray
+    worker (asking would start Ray) the CPU."""
+    if ray.is_initialized() and ray.get_gpu_ids() and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -76,18 +80,20 @@ def train_units(config: dict) -> None:
 
 def _stage1_weights(units: list[dict], folders: list[Path], storage: Path) -> tuple[list[int], list]:
     """Returns the indices of the stage-2 units that can train and the weights each starts from, its own stage-1
-    unit's. A unit whose stage-1 weights do not load is recorded failed, naming the file, and the rest of its
-    pack goes on without it."""
+    unit's. A unit whose stage-1 weights are missing or damaged is recorded failed, naming the file, and the
+    rest of its pack goes on without it (a unit already done or diverged is only left out). Other errors, such
+    as a storage that failed for a moment, reach Ray, which retries the trial."""
     kept, weights = [], []
     for i, (unit, folder) in enumerate(zip(units, folders)):
         path = storage / unit["depends_on"] / f"model_{unit['settings']['handoff']}.pt"
         try:
             weights.append(load_state(path))
-        except Exception as err:  # whatever torch.load raises for a missing, truncated or garbled file
-            problem = ValueError(f"the stage-1 weights {path} do not load ({type(err).__name__}: {err}); "
-                                 "`drolt run` again rebuilds them from that unit's last state")
-            record_failure(folder, problem, epochs_done(folder))
-            _log(f"unit {unit['id']} failed: {problem}")
+        except _DAMAGED as err:
+            if not (folder / "done").exists() and not diverged(folder):
+                problem = ValueError(f"the stage-1 weights {path} do not load ({type(err).__name__}: {err}); "
+                                     "`drolt run` again rebuilds them from that unit's last state")
+                record_failure(folder, problem, epochs_done(folder))
+                _log(f"unit {unit['id']} failed: {problem}")
             continue
         kept.append(i)
     return kept, weights
