@@ -3,11 +3,13 @@ resuming, and the unit runner's handling of a seed that diverges."""
 import copy
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
 
 import drolt.augment
+import drolt.stage1
 import drolt.training
 import drolt.unit
 from drolt.config import Stage1Config, Stage2Config
@@ -175,6 +177,28 @@ def test_the_unit_runner_keeps_each_seed_in_its_own_folder_and_goes_on_without_a
     monkeypatch.setattr(drolt.unit, "train_stage1_seeds", real)
     again = run_pack(1, [units[0], units[2]], [folders[0], folders[2]], tiny, CPU, lines.append)
     assert [r["finished_at"] for r in again] == [results[0]["finished_at"], results[2]["finished_at"]]
+
+
+def test_a_unit_that_diverges_while_catching_up_is_the_one_recorded(tiny, tmp_path, monkeypatch):
+    # Seed 10 is an epoch ahead: seeds 11 and 12 train as a pack of two to catch up, and seed 12 diverges
+    # there. The pack's index of the unit (1) is neither its index in the trial (2) nor its seed.
+    units = [UnitConfig(method="ce", stage1=s1(seed=s)) for s in (10, 11, 12)]
+    folders = [tmp_path / f"unit{i}" for i in range(3)]
+    run_pack(1, units[:1], folders[:1], tiny, CPU, lambda line: None)
+    for name in ("done", "result.json"):  # seed 10 back to after its first epoch, as a run stopped there
+        (folders[0] / name).unlink()
+    (folders[0] / "state.pt.prev").replace(folders[0] / "state.pt")
+    real = drolt.training.check_finite
+
+    def seed_12_diverges(losses, stage, epoch, names):
+        real([math.nan if name == "seed 12" else loss for loss, name in zip(losses, names)], stage, epoch, names)
+    monkeypatch.setattr(drolt.stage1, "check_finite", seed_12_diverges)
+    lines = []
+    results = run_pack(1, units, folders, tiny, CPU, lines.append)
+    assert "stage 1: seed 11, seed 12 train packed into one model after epoch 0 until 1, where the others are" in lines
+    assert results[2] is None and json.loads((folders[2] / "error.json").read_text())["type"] == "TrainingDiverged"
+    assert all((folder / "done").exists() and not (folder / "error.json").exists() for folder in folders[:2])
+    assert any("stage 1 seed 12 failed" in line for line in lines)
 
 
 def test_a_pack_reports_an_epoch_only_once_every_seed_has_it_on_disk(tiny, tmp_path):
