@@ -89,7 +89,7 @@ def _stage1_weights(units: list[dict], folders: list[Path], storage: Path) -> tu
         try:
             weights.append(load_state(path))
         except _DAMAGED as err:
-            if not (folder / "done").exists() and not diverged(folder):
+            if _unfinished(folder):
                 problem = ValueError(f"the stage-1 weights {path} do not load ({type(err).__name__}: {err}); "
                                      "`drolt run` again rebuilds them from that unit's last state")
                 record_failure(folder, problem, epochs_done(folder))
@@ -103,9 +103,14 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
+def _unfinished(folder: Path) -> bool:
+    """True unless the unit finished or diverged before: a later failure of its trial is not its own."""
+    return not (folder / "done").exists() and not diverged(folder)
+
+
 def _record_unfinished(folders: list[Path], err: BaseException) -> None:
     """Records the failure in every unit of the trial that neither finished nor diverged before it (a pack's
     others may have: their own records stand)."""
     for folder in folders:
-        if not (folder / "done").exists() and not diverged(folder):
+        if _unfinished(folder):
             record_failure(folder, err, epochs_done(folder))
