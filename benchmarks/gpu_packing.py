@@ -56,6 +56,10 @@ class WindowClosed(Exception):
     """Raised from the epoch callback to stop training once the measuring window is over."""
 
 
+class CountFailed(Exception):
+    """A process count that could not be measured; the counts measured before it are still reported."""
+
+
 class Window:
     """Epoch callback of a worker: warm-up epoch, wait for the common start, count epochs until the deadline."""
 
@@ -182,11 +186,11 @@ def run_count(count: int, args: argparse.Namespace) -> dict:
         for rank, p in enumerate(procs):
             text = (sync_dir / f"out-{rank}.txt").read_text()
             if p.returncode != 0:
-                raise SystemExit(f"worker {rank} of {count} failed (exit {p.returncode}); its output ends:\n"
+                raise CountFailed(f"worker {rank} of {count} failed (exit {p.returncode}); its output ends:\n"
                                  + text[-3000:])
             results.append(json.loads(text.strip().splitlines()[-1]))
     if any(r["epochs"] == 0 for r in results):
-        raise SystemExit(f"with {count} processes an epoch takes longer than --window {args.window:g} s; "
+        raise CountFailed(f"with {count} processes an epoch takes longer than --window {args.window:g} s; "
                          "raise --window")
     return {"count": count, "workers": results, "nvidia_smi_mib": smi,
             "aggregate_images_per_s": sum(r["images_per_s"] for r in results)}
@@ -198,7 +202,7 @@ def _wait_ready(procs: list[subprocess.Popen], sync_dir: Path, timeout: float) -
         if any(p.poll() is not None for p in procs):
             return  # a worker died: its exit code and output are reported by the caller
         if time.monotonic() - start > timeout:
-            raise SystemExit(f"workers not ready after {timeout:g} s (start-up and one warm-up epoch); raise "
+            raise CountFailed(f"workers not ready after {timeout:g} s (start-up and one warm-up epoch); raise "
                              "--setup-timeout or lower --counts")
         time.sleep(0.05)
 
@@ -249,8 +253,7 @@ def grid_estimate(single: dict, gain: float, loops: dict | None, seeds: int = 1)
 
 def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict | None) -> None:
     what = "stage 1 CE" if args.stage == 1 else "stage 2 DRO-LT feature epochs"
-    if args.stage == 1:
-        what += f", {args.seeds} seed(s) packed into one model per process"
+    what += f", {args.seeds} seed(s) packed into one model per process"
     print(f"packing: {device} | torch {torch.__version__} | {what} on synthetic {args.dataset}-LT rho "
           f"{args.rho:g} (x{args.subsample:g}) | {args.threads} CPU threads per process | window {args.window:g} s"
           f" | settings: {' '.join(args.set) or 'defaults'}")
@@ -314,7 +317,14 @@ def main(argv: list[str] | None = None) -> None:
         loops = json.loads(Path(args.loops_json).read_text())
     elif args.loops_json:
         print(f"note: {args.loops_json} not found (did bench_loops fail?); stage 2 estimated from stage-1 rates")
-    runs = [run_count(k, args) for k in sorted(set(args.counts))]  # the parent runs nothing on the GPU
+    runs = []
+    try:
+        for k in sorted(set(args.counts)):
+            runs.append(run_count(k, args))  # the parent runs nothing on the GPU
+    except CountFailed as err:
+        if runs:  # what was measured is kept: a GPU's minutes are scarce
+            report(runs, runs[0]["workers"][0]["device"], args, loops)
+        raise SystemExit(str(err))
     report(runs, runs[0]["workers"][0]["device"], args, loops)
 
 
