@@ -107,7 +107,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = synthetic_long_tail(args.dataset, args.rho, seed=args.rank)
-    cfg1, cfg2 = parse_overrides(args.set, Stage1Config(seed=args.rank, epochs=10**6),
+    # stage 1 at one learning rate, as in a run's steady epochs (graph_step records anew for each rate)
+    cfg1, cfg2 = parse_overrides(args.set, Stage1Config(seed=args.rank, epochs=10**6, warmup_epochs=0),
                                  Stage2Config(seed=args.rank, epochs=10**6, classifier_epochs=0))
     if args.stage == 1:
         if args.subsample < 1:
@@ -178,6 +179,9 @@ def run_count(count: int, args: argparse.Namespace) -> dict:
             smi = gpu_used_mib()
             for p in procs:
                 p.wait(timeout=args.window + args.setup_timeout)
+        except subprocess.TimeoutExpired:
+            raise CountFailed(f"with {count} processes a worker outlasted the window by over --setup-timeout "
+                              f"{args.setup_timeout:g} s") from None
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -188,7 +192,11 @@ def run_count(count: int, args: argparse.Namespace) -> dict:
             if p.returncode != 0:
                 raise CountFailed(f"worker {rank} of {count} failed (exit {p.returncode}); its output ends:\n"
                                  + text[-3000:])
-            results.append(json.loads(text.strip().splitlines()[-1]))
+            try:
+                results.append(json.loads(text.strip().splitlines()[-1]))
+            except (IndexError, json.JSONDecodeError):
+                raise CountFailed(f"worker {rank} of {count} printed no result; its output ends:\n"
+                                  + text[-3000:]) from None
     if any(r["epochs"] == 0 for r in results):
         raise CountFailed(f"with {count} processes an epoch takes longer than --window {args.window:g} s; "
                          "raise --window")
@@ -251,7 +259,7 @@ def grid_estimate(single: dict, gain: float, loops: dict | None, seeds: int = 1)
     return lines
 
 
-def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict | None) -> None:
+def print_header(device: str, args: argparse.Namespace) -> None:
     what = "stage 1 CE" if args.stage == 1 else "stage 2 DRO-LT feature epochs"
     what += f", {args.seeds} seed(s) packed into one model per process"
     print(f"packing: {device} | torch {torch.__version__} | {what} on synthetic {args.dataset}-LT rho "
@@ -259,15 +267,20 @@ def report(runs: list[dict], device: str, args: argparse.Namespace, loops: dict 
           f" | settings: {' '.join(args.set) or 'defaults'}")
     print(f"{'procs':>5}{'seeds/proc':>11}{'aggregate img/s':>17}{'vs 1':>7}{'per proc img/s':>16}{'epochs':>8}"
           f"{'alloc MiB':>11}{'reserved MiB':>14}{'nvidia-smi MiB':>16}")
+
+
+def print_row(run: dict, base: float, args: argparse.Namespace) -> None:
+    w = run["workers"]
+    smi = f"{max(run['nvidia_smi_mib']):.0f}" if run["nvidia_smi_mib"] else "n/a"
+    print(f"{run['count']:>5}{args.seeds:>11}{run['aggregate_images_per_s']:>17.0f}"
+          f"{run['aggregate_images_per_s'] / base:>6.2f}x"
+          f"{statistics.median(r['images_per_s'] for r in w):>16.0f}{sum(r['epochs'] for r in w):>8}"
+          f"{max(r.get('max_allocated_mib', float('nan')) for r in w):>11.0f}"
+          f"{max(r.get('max_reserved_mib', float('nan')) for r in w):>14.0f}{smi:>16}", flush=True)
+
+
+def print_summary(runs: list[dict], args: argparse.Namespace, loops: dict | None) -> None:
     base = runs[0]["aggregate_images_per_s"]
-    for run in runs:
-        w = run["workers"]
-        smi = f"{max(run['nvidia_smi_mib']):.0f}" if run["nvidia_smi_mib"] else "n/a"
-        print(f"{run['count']:>5}{args.seeds:>11}{run['aggregate_images_per_s']:>17.0f}"
-              f"{run['aggregate_images_per_s'] / base:>6.2f}x"
-              f"{statistics.median(r['images_per_s'] for r in w):>16.0f}{sum(r['epochs'] for r in w):>8}"
-              f"{max(r.get('max_allocated_mib', float('nan')) for r in w):>11.0f}"
-              f"{max(r.get('max_reserved_mib', float('nan')) for r in w):>14.0f}{smi:>16}")
     k = recommend(runs)
     gain = next(r for r in runs if r["count"] == k)["aggregate_images_per_s"] / base
     cores = available_cores()
@@ -317,15 +330,19 @@ def main(argv: list[str] | None = None) -> None:
         loops = json.loads(Path(args.loops_json).read_text())
     elif args.loops_json:
         print(f"note: {args.loops_json} not found (did bench_loops fail?); stage 2 estimated from stage-1 rates")
-    runs = []
+    # Each count's row is printed as soon as it is measured: a time limit or a failing count later keeps it.
+    runs: list[dict] = []
     try:
         for k in sorted(set(args.counts)):
-            runs.append(run_count(k, args))  # the parent runs nothing on the GPU
+            run = run_count(k, args)  # the parent runs nothing on the GPU
+            if not runs:
+                print_header(run["workers"][0]["device"], args)
+            runs.append(run)
+            print_row(run, runs[0]["aggregate_images_per_s"], args)
     except CountFailed as err:
-        if runs:  # what was measured is kept: a GPU's minutes are scarce
-            report(runs, runs[0]["workers"][0]["device"], args, loops)
-        raise SystemExit(str(err))
-    report(runs, runs[0]["workers"][0]["device"], args, loops)
+        raise SystemExit(f"{err}\n" + ("no recommendation from the counts above: not every count was measured"
+                                       if runs else ""))
+    print_summary(runs, args, loops)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ trained as one model (drolt/packed.py; K = 1 is the plain model, as an unpacked 
 device, the per-epoch evaluation with NCM). Each seed keeps its own initialisation, sampling order and
 augmentation draws; `--check` runs `train_stage1` for each seed alone and prints both records per epoch.
 Epoch times are the records' `epoch_time` (training and evaluation; the same for every seed of a pack); the
-first epoch warms up, steady = median of the rest (with ncm_every > 1, of those without the NCM pass).
+first epoch warms up, steady = median of the rest (with ncm_every > 1, of those without the NCM pass), all at
+one learning rate (no warm-up schedule unless `--set stage1.warmup_epochs=N`).
 Aggregate training images/s = K x training images per epoch / steady epoch time, with the ratio against
 K = 1 measured in the same run (results/benchmarks/h100_packed_stage1_graph_step.txt: 1.63x at 3 seeds, 2.61x
 at 8, the paper grid's settings). Speed settings as in a grid file
@@ -46,8 +47,8 @@ def steady_epochs(cfg: Stage1Config) -> list[int]:
     last epoch always has one, and a process's first NCM pass warms up a pass of its own)."""
     plain = [e for e in range(1, cfg.epochs) if cfg.ncm_every == 1 or ((e + 1) % cfg.ncm_every and e + 1 < cfg.epochs)]
     if not plain:
-        raise SystemExit(f"with stage1.ncm_every={cfg.ncm_every} no epoch after the first runs without NCM: raise "
-                         "--epochs (3 gives one)")
+        raise SystemExit(f"with stage1.ncm_every={cfg.ncm_every}, none of {cfg.epochs} epochs after the first runs "
+                         "without NCM: raise --epochs")
     return plain
 
 
@@ -63,12 +64,15 @@ def main() -> None:
     if args.epochs < 2:
         raise SystemExit("--epochs must be at least 2: the first epoch warms up (compilation, CUDA graphs)")
     device = resolve_device(args.device)
-    cfg, _ = parse_overrides(args.set, Stage1Config(epochs=args.epochs), Stage2Config())
+    # one learning rate throughout, as in the steady epochs of a run: with graph_step each new rate (the
+    # warm-up's) records the step anew, which no steady epoch pays
+    cfg, _ = parse_overrides(args.set, Stage1Config(epochs=args.epochs, warmup_epochs=0), Stage2Config())
     timed = steady_epochs(cfg)
     data = scaled(synthetic_long_tail(), args.fraction).to(device)
     n = len(data.train_labels)
     print(f"packed stage 1: {device_name(device)} | torch {torch.__version__} | synthetic cifar10-LT rho 100, {n} "
-          f"training images, {len(data.test_labels)} test | settings: {' '.join(args.set) or 'plain'}")
+          f"training images, {len(data.test_labels)} test | steady: epochs {', '.join(map(str, timed))} | settings: "
+          f"{' '.join(args.set) or 'plain'}")
     print(f"{'seeds':>5}{'first s':>9}{'steady s':>10}{'train img/s':>13}{'vs 1 seed':>11}")
     base = None
     for k in sorted(set(args.counts) | {1}):

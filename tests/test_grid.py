@@ -396,7 +396,7 @@ def test_the_paper_grid_is_valid_and_runs_the_published_grid():
     # paper's 18 cells x 3 seeds of 4 methods (36 stage-1 units, CE shared with both DRO-LT modes) and
     # train every unit with the measured speed settings on.
     repo = Path(__file__).resolve().parents[1]
-    from harness.launch import packs
+    from harness.plan import packs
     grid = load_grid(repo / "experiments" / "paper_cifar_lt.yaml")
     runs, units = expand(grid)
     assert len(runs) == 72
@@ -405,13 +405,17 @@ def test_the_paper_grid_is_valid_and_runs_the_published_grid():
         config = unit.config()
         stage = config.stage1 if unit.stage == 1 else config.stage2
         assert stage.graph_step and stage.fused_sgd and stage.precision == "bf16"
-    # The measured packing (results/benchmarks/h100_grid_estimate.txt): a cell's 3 seeds of CE and of LDAM-DRW
-    # are one stage-1 trial each, its 3 seeds in both DRO-LT modes one stage-2 trial.
+    # The measured packing (results/benchmarks/h100_grid_estimate.txt): two trials per GPU; a cell's 3 seeds
+    # of CE and of LDAM-DRW are one stage-1 trial each, its 3 seeds in both DRO-LT modes one stage-2 trial.
+    assert (grid.cpus, grid.gpus) == (2, 0.5)
     trials = packs(list(units.values()), grid.pack_seeds)
     assert sorted((pack[0].stage, len(pack)) for pack in trials) == [(1, 3)] * 12 + [(2, 6)] * 6
-    for pack in (p for p in trials if p[0].stage == 2):
-        assert {(u.config().stage2.seed, u.config().stage2.mode) for u in pack} == \
-            {(seed, mode) for seed in (0, 1, 2) for mode in ("faithful", "clean")}
+    for pack in trials:
+        if pack[0].stage == 1:
+            assert sorted(u.config().stage1.seed for u in pack) == [0, 1, 2]
+        else:
+            assert {(u.config().stage2.seed, u.config().stage2.mode) for u in pack} == \
+                {(seed, mode) for seed in (0, 1, 2) for mode in ("faithful", "clean")}
 
 
 def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path):
