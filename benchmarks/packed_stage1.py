@@ -27,7 +27,7 @@ import torch
 from benchmarks.common import device_name, parse_overrides, resolve_device, scaled, synthetic_long_tail
 from drolt.config import Stage1Config, Stage2Config
 from drolt.data import LongTailData
-from drolt.stage1 import train_stage1, train_stage1_seeds
+from drolt.stage1 import ncm_epoch, train_stage1, train_stage1_seeds
 
 
 def train_pack(cfg: Stage1Config, data: LongTailData, device: torch.device,
@@ -45,7 +45,7 @@ def train_pack(cfg: Stage1Config, data: LongTailData, device: torch.device,
 def steady_epochs(cfg: Stage1Config) -> list[int]:
     """The epochs timed as steady: all after the warm-up, or with ncm_every > 1 those without the NCM pass (the
     last epoch always has one, and a process's first NCM pass warms up a pass of its own)."""
-    plain = [e for e in range(1, cfg.epochs) if cfg.ncm_every == 1 or ((e + 1) % cfg.ncm_every and e + 1 < cfg.epochs)]
+    plain = [e for e in range(1, cfg.epochs) if cfg.ncm_every == 1 or not ncm_epoch(cfg, e)]
     if not plain:
         raise SystemExit(f"with stage1.ncm_every={cfg.ncm_every}, none of {cfg.epochs} epochs after the first runs "
                          "without NCM: raise --epochs")

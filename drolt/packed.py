@@ -223,7 +223,7 @@ def parameter_names(model: nn.Module) -> list[str]:
 PER_UNIT = {1: ("seed",), 2: ("seed", "mode")}
 
 
-def shared_settings(cfgs: Sequence[Any], per_unit: Sequence[str] = ("seed",)) -> Any:
+def shared_settings(cfgs: Sequence[Any], per_unit: Sequence[str]) -> Any:
     """Returns the settings the units of a pack share (a stage config: the first unit's); raises ValueError
     unless `per_unit` settings (seed, and in stage 2 mode) are all they differ in, and each unit differs."""
     if not cfgs:
@@ -243,7 +243,7 @@ def shared_settings(cfgs: Sequence[Any], per_unit: Sequence[str] = ("seed",)) ->
     return cfgs[0]
 
 
-def unit_names(cfgs: Sequence[Any], per_unit: Sequence[str] = ("seed",)) -> list[str]:
+def unit_names(cfgs: Sequence[Any], per_unit: Sequence[str]) -> list[str]:
     """Returns how logs and errors name each unit of a pack: its seed, and its other `per_unit` settings
     where the pack mixes them ("seed 0 clean")."""
     mixed = [key for key in per_unit if key != "seed" and len({getattr(cfg, key) for cfg in cfgs}) > 1]

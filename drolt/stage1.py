@@ -15,8 +15,8 @@ from .config import Stage1Config
 from .data import LongTailData
 from .losses import drw_weights, ldam_loss, ldam_margins
 from .model import resnet32
-from .packed import (join_optimizer_states, join_states, packed_model, parameter_names, resume_epoch, shared_settings,
-                     split_optimizer_state, split_state, unit_names)
+from .packed import (PER_UNIT, join_optimizer_states, join_states, packed_model, parameter_names, resume_epoch,
+                     shared_settings, split_optimizer_state, split_state, unit_names)
 from .sampling import ShuffledEpochs
 from .training import (EpochCallback, StageResult, augmenter, check_finite, device_generator, evaluate_seeds,
                        improved, packed_batches, set_lr)
@@ -28,6 +28,11 @@ def lr_at(cfg: Stage1Config, epoch: int) -> float:
     if k <= cfg.warmup_epochs:
         return cfg.lr * k / cfg.warmup_epochs
     return cfg.lr * 0.01 ** sum(k > e for e in cfg.lr_decay_epochs)
+
+
+def ncm_epoch(cfg: Stage1Config, epoch: int) -> bool:
+    """Whether `epoch` passes over the training set for its NCM accuracy: every ncm_every-th and the last."""
+    return (epoch + 1) % cfg.ncm_every == 0 or epoch + 1 == cfg.epochs
 
 
 SeedCallback = Callable[[int, dict, dict], None]  # (index of the seed in the pack, record, state)
@@ -50,7 +55,8 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     record, state)` gets seed i's record and state, the state of an unpacked stage 1: `resumes` takes such
     states (one per seed, all after the same epoch), so a unit can resume packed or alone.
     """
-    cfg = shared_settings(cfgs)
+    cfg = shared_settings(cfgs, PER_UNIT[1])
+    unit_labels = unit_names(cfgs, PER_UNIT[1])  # how logs and errors name the units
     k, ldam = len(cfgs), cfg.method == "ldam_drw"
     models = []
     for seed_cfg in cfgs:
@@ -104,11 +110,10 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
             losses = step(speed.model_input(x, cfg.channels_last), y, weights, key=lr)
             loss_sums += losses * y.shape[1]
         train_losses = [loss_sum / n for loss_sum in loss_sums.tolist()]
-        check_finite(train_losses, 1, epoch, unit_names(cfgs))
+        check_finite(train_losses, 1, epoch, unit_labels)
         train_time = time.perf_counter() - t0
 
-        with_ncm = (epoch + 1) % cfg.ncm_every == 0 or epoch + 1 == cfg.epochs
-        reports = evaluate_seeds(model, net, data, cfg, k, ncm=with_ncm)
+        reports = evaluate_seeds(model, net, data, cfg, k, ncm=ncm_epoch(cfg, epoch))
         epoch_time = time.perf_counter() - t0
         states = split_state(model.state_dict(), k)
         optimizer_states = split_optimizer_state(optimizer.state_dict(), names, k) if on_epoch else [None] * k

@@ -55,6 +55,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
     record, state)` gets unit i's record and the state of an unpacked stage 2, which `resumes` takes.
     """
     cfg = shared_settings(cfgs, PER_UNIT[2])
+    unit_labels = unit_names(cfgs, PER_UNIT[2])  # how logs and errors name the units
     k, C = len(cfgs), data.num_classes
     models = [resnet32(C) for _ in cfgs]
     for seed_model, state in zip(models, stage1_states):
@@ -147,7 +148,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
             losses = classifier_epoch(model, data, streams, cfg, opt_classifier, classifier_weights, aug_gens,
                                       augment)
             lr = cfg.classifier_lr
-        check_finite([unit_losses["loss"] for unit_losses in losses], 2, epoch, unit_names(cfgs, PER_UNIT[2]))
+        check_finite([unit_losses["loss"] for unit_losses in losses], 2, epoch, unit_labels)
         train_time = time.perf_counter() - t0
 
         reports = evaluate_seeds(model, net, data, cfg, k)
