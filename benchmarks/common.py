@@ -11,6 +11,7 @@ import torch
 
 from drolt.config import Stage1Config, Stage2Config, from_dict
 from drolt.data import LongTailData, long_tail_counts
+from drolt.sampling import make_sampler
 
 
 def synthetic_long_tail(dataset: str = "cifar10", rho: float = 100.0, seed: int = 0) -> LongTailData:
@@ -60,6 +61,14 @@ def scaled(data: LongTailData, fraction: float) -> LongTailData:
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
     return data if fraction == 1 else shortened(data, 2, round(fraction * max(data.class_counts) * data.num_classes))
+
+
+def train_images_per_epoch(stage: int, cfg: Stage1Config | Stage2Config, data: LongTailData) -> int:
+    """Returns how many images one unit trains on per epoch: stage 1 the LT training set, stage 2 its two
+    passes over the class-aware stream (the centroid bank's and the training pass)."""
+    if stage == 1:
+        return len(data.train_labels)
+    return 2 * len(make_sampler(cfg.sampler, data.train_labels, data.num_classes, 0).next_pass())
 
 
 def available_cores() -> int:

@@ -3,6 +3,7 @@
 set -u -o pipefail
 OUT=${OUT:-$(mktemp -d)}     # a fresh folder unless told: files are appended to, never mixed with old runs
 BUDGET_S=${BUDGET_S:-540}    # a part starts only if its limit fits in what is left: one 10-minute device call
+SKIP=${SKIP:-0}              # parts an earlier call ran: a second call goes on with part SKIP + 1
 mkdir -p "$OUT"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 FAST1=(--set stage1.channels_last=true --set stage1.precision=bf16 --set stage1.compile=true
@@ -14,15 +15,21 @@ GRID1=("${FAST1[@]}" --set stage1.graph_step=true --set stage1.fused_sgd=true)
 GRID2=("${FAST2[@]}" --set stage2.compile_loss=true --set stage2.augment_batches=32 --set stage2.graph_augment=true
        --set stage2.graph_step=true --set stage2.fused_sgd=true)
 FAILED=0    # the exit status of the first part that failed, the scripts' own exit status
+PART=0      # the number of the part `step` was last called for
 
 step() {  # step LIMIT_S OUTPUT_FILE COMMAND...
     local limit=$1 file=$OUT/$2 rc
     shift 2
-    if (( SECONDS + limit > BUDGET_S )); then
-        echo "$(date +%T) skipped, ${limit} s not left of ${BUDGET_S}: $*" | tee -a "$file"
+    PART=$((PART + 1))
+    if (( PART <= SKIP )); then
+        echo "$(date +%T) part $PART skipped (SKIP=$SKIP): $*"
         return
     fi
-    echo "$(date +%T) $*" | tee -a "$file"
+    if (( SECONDS + limit > BUDGET_S )); then
+        echo "$(date +%T) part $PART skipped, ${limit} s not left of ${BUDGET_S}: $*" | tee -a "$file"
+        return
+    fi
+    echo "$(date +%T) part $PART: $*" | tee -a "$file"
     timeout "$limit" "$@" 2>&1 | grep --line-buffered -v Warning | tee -a "$file"
     rc=${PIPESTATUS[0]}
     if (( rc != 0 )); then

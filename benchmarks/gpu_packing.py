@@ -41,11 +41,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import available_cores, parse_overrides, scaled, shortened, synthetic_long_tail
+from benchmarks.common import (available_cores, parse_overrides, scaled, shortened, synthetic_long_tail,
+                               train_images_per_epoch)
 from benchmarks.grid_estimate import GRID, TEST_IMAGES, cell_sizes
 from drolt.config import Stage1Config, Stage2Config
 from drolt.model import resnet32
-from drolt.sampling import make_sampler
 from drolt.stage1 import train_stage1_seeds
 from drolt.stage2 import train_stage2_seeds
 
@@ -110,13 +110,11 @@ def worker(args: argparse.Namespace) -> None:
     # stage 1 at one learning rate, as in a run's steady epochs (graph_step records anew for each rate)
     cfg1, cfg2 = parse_overrides(args.set, Stage1Config(seed=args.rank, epochs=10**6, warmup_epochs=0),
                                  Stage2Config(seed=args.rank, epochs=10**6, classifier_epochs=0))
-    if args.stage == 1:
-        if args.subsample < 1:
-            data = shortened(data, 1, max(1, round(args.subsample * len(data.train_labels))))
-        train_images = len(data.train_labels)
-    else:
+    if args.stage == 1 and args.subsample < 1:
+        data = shortened(data, 1, max(1, round(args.subsample * len(data.train_labels))))
+    elif args.stage == 2:
         data = scaled(data, args.subsample)  # every class in proportion: the stream pass shrinks too
-        train_images = 2 * len(make_sampler(cfg2.sampler, data.train_labels, data.num_classes, 0).next_pass())
+    train_images = train_images_per_epoch(args.stage, (cfg1, cfg2)[args.stage - 1], data)
     data = data.to(device)
     window = Window(Path(args.sync_dir), args.rank, train_images, len(data.train_labels) + len(data.test_labels),
                     args.seeds)

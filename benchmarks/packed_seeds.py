@@ -9,7 +9,7 @@ before), the classifier a batched matmul. Each seed keeps its own weights, batch
 the loss is the sum of the seeds' losses, so each seed's gradient is its own, and SGD (momentum, weight
 decay) is elementwise, so one optimizer over the packed parameters is K optimizers. The packed model is
 the project's own, `drolt.packed.PackedResNet` (the one `train_stage1_seeds` trains), used here for every
-K, 1 included (the harness trains one seed unpacked; packed_stage1.py times that).
+K, 1 included (the harness trains one seed unpacked; packed_epochs.py times that).
 
 The script first checks that claim (two SGD steps of the packed model against K separate models, in
 float64, max abs differences printed), then times the training step (forward, CE, backward, SGD) on
