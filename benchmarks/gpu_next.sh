@@ -8,9 +8,9 @@
 # learning rates (graph_step recorded its step anew every epoch), against 3.31x without graph_step in an
 # earlier call. Stage 2, most of the grid's time, was measured packed at 6 units only (1.80x, two calls).
 #   1. stage-1 packs of 3 and 8 seeds with the paper grid's settings at one learning rate, against 1 seed
-#   2. stage-2 packs of 6 (a paper-grid cell: 3 seeds in both DRO-LT modes) and 18 units (what packing a
-#      dataset's three rhos together would give), against 1 unit in the same process; half the data, so that
-#      three cold compiles fit
+#   2. stage-2 packs of 6 (a paper-grid cell: 3 seeds in both DRO-LT modes) and 18 units (pack_seeds: 18, a
+#      dataset's three rhos in one pack; timed at one rho, the same work), against 1 unit in the same process;
+#      half the data, so that three cold compiles fit
 #   3. part 1 with compile_step (inductor's fused kernels inside graph_step's recorded step)
 #   4. stage 2 under MPS, 1 and 2 processes each packing 6 units: the grid's two trials per GPU
 #   5. one stage-2 unit alone under MPS, the baseline of 4 in the same call

@@ -15,7 +15,7 @@ unpacked one and can resume packed or alone.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -221,18 +221,23 @@ def parameter_names(model: nn.Module) -> list[str]:
 # The settings units of a pack may differ in, per stage: stage 2's faithful and clean modes differ only in the
 # loss's quirks and in which feature epoch the classifier restarts from, both kept per unit.
 PER_UNIT = {1: ("seed",), 2: ("seed", "mode")}
+# The data settings they may differ in: a stage-2 pass is as long at every rho with the class-aware sampler (the
+# head class keeps its count), and train_stage2_seeds refuses units whose passes differ.
+PER_UNIT_DATA = {1: (), 2: ("rho",)}
 
 
-def shared_settings(cfgs: Sequence[Any], per_unit: Sequence[str]) -> Any:
+def shared_settings(cfgs: Sequence[Any], per_unit: Sequence[str], datas: Optional[Sequence[Any]] = None) -> Any:
     """Returns the settings the units of a pack share (a stage config: the first unit's); raises ValueError
-    unless `per_unit` settings (seed, and in stage 2 mode) are all they differ in, and each unit differs."""
+    unless `per_unit` settings (seed, and in stage 2 mode) are all they differ in, and each unit differs (in
+    those, or in its data's rho: `datas`, as `unit_names` takes them)."""
     if not cfgs:
         raise ValueError("no settings given: a pack trains at least one unit")
     for cfg in cfgs:
         cfg.validate()
-    names = unit_names(cfgs, per_unit)
+    names = unit_names(cfgs, per_unit, datas)
     if len(set(names)) < len(names):
-        raise ValueError(f"units packed into one model must differ in {' or '.join(per_unit)}; got {names}")
+        differ = [*per_unit, *(["rho"] if datas is not None else [])]
+        raise ValueError(f"units packed into one model must differ in {' or '.join(differ)}; got {names}")
     shared = cfgs[0]
     for cfg, name in zip(cfgs[1:], names[1:]):
         if dataclasses.replace(cfg, **{key: getattr(shared, key) for key in per_unit}) != shared:
@@ -243,11 +248,14 @@ def shared_settings(cfgs: Sequence[Any], per_unit: Sequence[str]) -> Any:
     return cfgs[0]
 
 
-def unit_names(cfgs: Sequence[Any], per_unit: Sequence[str]) -> list[str]:
+def unit_names(cfgs: Sequence[Any], per_unit: Sequence[str], datas: Optional[Sequence[Any]] = None) -> list[str]:
     """Returns how logs and errors name each unit of a pack: its seed, and its other `per_unit` settings
-    where the pack mixes them ("seed 0 clean")."""
+    where the pack mixes them ("seed 0 clean"), and its rho where `datas` (each unit's data or data settings)
+    mix rhos ("seed 0 clean rho 50")."""
     mixed = [key for key in per_unit if key != "seed" and len({getattr(cfg, key) for cfg in cfgs}) > 1]
-    return [" ".join([f"seed {cfg.seed}", *(str(getattr(cfg, key)) for key in mixed)]) for cfg in cfgs]
+    rhos = [f"rho {d.rho:g}" for d in datas] if datas is not None and len({d.rho for d in datas}) > 1 else []
+    return [" ".join([f"seed {cfg.seed}", *(str(getattr(cfg, key)) for key in mixed), *rhos[i:i + 1]])
+            for i, cfg in enumerate(cfgs)]
 
 
 def resume_epoch(resumes: Sequence[dict]) -> int:

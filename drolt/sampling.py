@@ -19,6 +19,10 @@ class ShuffledEpochs:
         self.num_samples = num_samples
         self.gen = torch.Generator().manual_seed(seed)
 
+    def __len__(self) -> int:
+        """The number of indices in a pass."""
+        return self.num_samples
+
     def next_pass(self) -> Tensor:
         """Returns the indices of one epoch, int64 [num_samples]."""
         return torch.randperm(self.num_samples, generator=self.gen)
@@ -84,6 +88,10 @@ class ClassAwareSampler:
         starts = torch.cumsum(counts, 0) - counts
         self.sample_cycles = [_CyclingPermutation(by_class[s:s + n], self.gen)
                               for s, n in zip(starts.tolist(), counts.tolist())]
+
+    def __len__(self) -> int:
+        """The number of indices in a pass."""
+        return self.pass_length
 
     def next_pass(self) -> Tensor:
         """Returns the indices of one pass, int64 [max n_c * C], in blocks of k same-class samples."""

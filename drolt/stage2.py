@@ -7,7 +7,7 @@ of the un-augmented LT training set and (4) the test metrics with NCM.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Sized
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,18 @@ def _weights(counts: list[int], kind: str, device: torch.device) -> Optional[Ten
     return None if kind == "none" else class_weights(counts, kind).to(device)
 
 
+def _check_packable(datas: Sequence[LongTailData], samplers: Sequence[Sized], names: Sequence[str]) -> None:
+    """Raises ValueError unless the units' data sets can train packed: one dataset, passes of one length."""
+    if len({(d.name, d.num_classes) for d in datas}) > 1:
+        raise ValueError(f"units packed into one model train on one dataset; got {sorted({d.name for d in datas})}: "
+                         "train them apart")
+    lengths = [len(s) for s in samplers]
+    if len(set(lengths)) > 1:
+        raise ValueError("units packed into one model take their batches in step, so their passes must be of one "
+                         f"length; got {dict(zip(names, lengths))} (a shuffled pass is as long as the rho's data "
+                         "set; the class-aware one is not): train them apart")
+
+
 def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, device: torch.device,
                  on_epoch: Optional[EpochCallback] = None, resume: Optional[dict] = None) -> StageResult:
     """Trains DRO-LT from stage-1 weights (or continues `resume`); returns its result."""
@@ -44,19 +56,25 @@ def train_stage2(cfg: Stage2Config, data: LongTailData, stage1_state: dict, devi
                               [resume] if resume is not None else None)[0]
 
 
-def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_states: Sequence[dict],
-                       device: torch.device, on_epoch: Optional[SeedCallback] = None,
+def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequence[LongTailData],
+                       stage1_states: Sequence[dict], device: torch.device, on_epoch: Optional[SeedCallback] = None,
                        resumes: Optional[Sequence[dict]] = None) -> list[StageResult]:
     """Trains the stage 2 of units that differ only in their seed and mode (and the stage 1 each starts from),
     packed into one model as `train_stage1_seeds` packs stage 1; returns their results in the order of `cfgs`.
+    `data` is the units' data set, or one per unit: units of one dataset at other rhos pack too, their
+    class-aware passes being of one length (the head class's count times the classes).
 
     Each unit keeps its own radii, class-aware sampling, augmentation draws, centroid banks and mode (the
     robust loss's quirks, the faithful restart of the classifier phase, what it reports). `on_epoch(i,
     record, state)` gets unit i's record and the state of an unpacked stage 2, which `resumes` takes.
     """
-    cfg = shared_settings(cfgs, PER_UNIT[2])
-    unit_labels = unit_names(cfgs, PER_UNIT[2])  # how logs and errors name the units
-    k, C = len(cfgs), data.num_classes
+    datas = [data] * len(cfgs) if isinstance(data, LongTailData) else list(data)
+    cfg = shared_settings(cfgs, PER_UNIT[2], datas)
+    unit_labels = unit_names(cfgs, PER_UNIT[2], datas)  # how logs and errors name the units
+    samplers = [make_sampler(cfg.sampler, d.train_labels, d.num_classes, c.seed) for c, d in zip(cfgs, datas,
+                                                                                                strict=True)]
+    _check_packable(datas, samplers, unit_labels)
+    k, C = len(cfgs), datas[0].num_classes
     models = [resnet32(C) for _ in cfgs]
     for seed_model, state in zip(models, stage1_states):
         seed_model.load_state_dict(state)
@@ -73,10 +91,9 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
                              cfg.fused_sgd)
     opt_classifier = speed.sgd(model.fc.parameters(), cfg.classifier_lr, cfg.momentum, cfg.weight_decay,
                                cfg.fused_sgd)
-    samplers = [make_sampler(cfg.sampler, data.train_labels, C, c.seed) for c in cfgs]
     aug_gens = [device_generator(device, c.seed) for c in cfgs]
-    ce_weights = _weights(data.class_counts, cfg.ce_weights, device)
-    classifier_weights = _weights(data.class_counts, cfg.classifier_weights, device)
+    ce_weights = [_weights(d.class_counts, cfg.ce_weights, device) for d in datas]
+    classifier_weights = [_weights(d.class_counts, cfg.classifier_weights, device) for d in datas]
     first_classifier_epoch = cfg.epochs - cfg.classifier_epochs
     loss_fn = speed.compiled(feature_losses, sizes=(cfg.batch_size,)) if cfg.compile_loss else feature_losses
     augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches, cfg.eval_batch_size))
@@ -89,7 +106,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
         # another, and autocast casts the weights anew in every replay instead of caching the casts.
         with speed.autocast(device, cfg.precision, cache=not cfg.graph_step):
             z, logits = (step_net if cfg.graph_step else net)(x)
-            losses = [loss_fn(z[i], logits[i], y[i], centroids[i], radii(i), ce_weights, cfg.temperature,
+            losses = [loss_fn(z[i], logits[i], y[i], centroids[i], radii(i), ce_weights[i], cfg.temperature,
                               cfgs[i].mode, cfg.ce_weight, cfg.robust_weight) for i in range(k)]
         opt_features.zero_grad(set_to_none=True)  # in a recording: the gradients live in the graph's memory
         torch.stack([loss for loss, _, _ in losses]).sum().backward()  # each seed's loss reaches its own weights
@@ -135,23 +152,23 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
                                                for again, best, state in zip(reload, best_features, now)]))
         streams = [sampler.next_pass().to(device) for sampler in samplers]
         if feature_phase:
-            centroids = centroid_banks(model, net, data, streams, cfg, aug_gens, augment)
+            centroids = centroid_banks(model, net, datas, streams, cfg, aug_gens, augment)
             streams = [sampler.next_pass().to(device) for sampler in samplers]
-            losses = feature_epoch(model, data, streams, centroids, cfg, step, aug_gens, augment)
+            losses = feature_epoch(model, datas, streams, centroids, cfg, step, aug_gens, augment)
             lr = cfg.feature_lr
         else:
             # Every epoch of the reference builds the centroid bank, unused here: its pass and augmentation
             # draws are spent as it spends them, so the classifier trains on the samples and views it would.
-            for stream, gen in zip(streams, aug_gens):
-                bank_draws(data, stream, cfg, gen)
+            for unit_data, stream, gen in zip(datas, streams, aug_gens):
+                bank_draws(unit_data, stream, cfg, gen)
             streams = [sampler.next_pass().to(device) for sampler in samplers]
-            losses = classifier_epoch(model, data, streams, cfg, opt_classifier, classifier_weights, aug_gens,
+            losses = classifier_epoch(model, datas, streams, cfg, opt_classifier, classifier_weights, aug_gens,
                                       augment)
             lr = cfg.classifier_lr
         check_finite([unit_losses["loss"] for unit_losses in losses], 2, epoch, unit_labels)
         train_time = time.perf_counter() - t0
 
-        reports = evaluate_seeds(model, net, data, cfg, k)
+        reports = evaluate_seeds(model, net, datas, cfg)
         epoch_time = time.perf_counter() - t0
         states = split_state(model.state_dict(), k)
         opt_states = [split_optimizer_state(opt.state_dict(), names, k) if on_epoch else [None] * k
@@ -186,22 +203,22 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData, stage1_
 
 
 @torch.no_grad()
-def centroid_banks(model: nn.Module, net: Callable, data: LongTailData, streams: Sequence[Tensor], cfg: Stage2Config,
-                   gens: Sequence[torch.Generator], augment: ApplyDraws = apply_draws) -> Tensor:
+def centroid_banks(model: nn.Module, net: Callable, datas: Sequence[LongTailData], streams: Sequence[Tensor],
+                   cfg: Stage2Config, gens: Sequence[torch.Generator], augment: ApplyDraws = apply_draws) -> Tensor:
     """Returns each seed's [C,64] class centroids ([K,C,64]) of eval-mode features over one augmented pass of
-    its training stream, the seeds packed into `net`'s model."""
+    its training stream (of `datas[i]`), the seeds packed into `net`'s model."""
     model.eval()
-    draws = [bank_draws(data, stream, cfg, gen) for stream, gen in zip(streams, gens)]
+    draws = [bank_draws(data, stream, cfg, gen) for data, stream, gen in zip(datas, streams, gens)]
 
     def images(pos: Tensor) -> Tensor:
         # Chunks of eval_batch_size images take their slice of the pass's draws: the images do not depend on it.
         return join_views([augment(data.train_images[stream[pos]], take_draws(d, pos))
-                           for stream, d in zip(streams, draws)])
+                           for data, stream, d in zip(datas, streams, draws)])
 
     z, _ = extract_seeds(net, torch.arange(len(streams[0]), device=streams[0].device), cfg.eval_batch_size, images,
                          cfg)
     return torch.stack([class_centroids(seed_z, data.train_labels[stream], data.num_classes)
-                        for seed_z, stream in zip(z, streams)])
+                        for seed_z, data, stream in zip(z, datas, streams)])
 
 
 def bank_draws(data: LongTailData, stream: Tensor, cfg: Stage2Config, gen: torch.Generator) -> Draws:
@@ -219,7 +236,7 @@ def feature_losses(z: Tensor, logits: Tensor, y: Tensor, centroids: Tensor, eps:
     return ce_weight * ce + robust_weight * robust, ce, robust
 
 
-def feature_epoch(model: nn.Module, data: LongTailData, streams: Sequence[Tensor], centroids: Tensor,
+def feature_epoch(model: nn.Module, datas: Sequence[LongTailData], streams: Sequence[Tensor], centroids: Tensor,
                   cfg: Stage2Config, step: Callable[[Tensor, Tensor, Tensor], Tensor],
                   gens: Sequence[torch.Generator], augment: ApplyDraws = apply_draws) -> list[dict]:
     """One pass training the backbone and radii with CE_w + robust loss, classifier frozen; returns each seed's
@@ -229,29 +246,29 @@ def feature_epoch(model: nn.Module, data: LongTailData, streams: Sequence[Tensor
     model.train()
     model.fc.requires_grad_(False)
     sums = torch.zeros(len(streams), 3, device=streams[0].device)  # loss, ce, robust per seed; read once per epoch
-    for x, y in packed_batches(data, streams, cfg.batch_size, gens, cfg.augment_batches, cfg.autoaugment, cfg.cutout,
-                               augment):
+    for x, y in packed_batches(datas, streams, cfg.batch_size, gens, cfg.augment_batches, cfg.autoaugment,
+                               cfg.cutout, augment):
         sums += step(speed.model_input(x, cfg.channels_last), y, centroids) * y.shape[1]
     model.fc.requires_grad_(True)
     return [{"loss": loss, "ce_loss": ce, "robust_loss": robust}
             for loss, ce, robust in (sums / len(streams[0])).tolist()]
 
 
-def classifier_epoch(model: nn.Module, data: LongTailData, streams: Sequence[Tensor], cfg: Stage2Config,
-                     optimizer: torch.optim.Optimizer, weights: Optional[Tensor], gens: Sequence[torch.Generator],
-                     augment: ApplyDraws = apply_draws) -> list[dict]:
-    """One pass re-training only the linear classifier, the whole model in eval mode; returns each seed's mean
-    loss."""
+def classifier_epoch(model: nn.Module, datas: Sequence[LongTailData], streams: Sequence[Tensor], cfg: Stage2Config,
+                     optimizer: torch.optim.Optimizer, weights: Sequence[Optional[Tensor]],
+                     gens: Sequence[torch.Generator], augment: ApplyDraws = apply_draws) -> list[dict]:
+    """One pass re-training only the linear classifier, the whole model in eval mode, seed i's loss weighted by
+    `weights[i]`; returns each seed's mean loss."""
     model.eval()
     loss_sums = torch.zeros(len(streams), device=streams[0].device)
-    for x, y in packed_batches(data, streams, cfg.batch_size, gens, cfg.augment_batches, cfg.autoaugment, cfg.cutout,
-                               augment):
+    for x, y in packed_batches(datas, streams, cfg.batch_size, gens, cfg.augment_batches, cfg.autoaugment,
+                               cfg.cutout, augment):
         x = speed.model_input(x, cfg.channels_last)
         with speed.autocast(x.device, cfg.precision):
             with torch.no_grad():  # the backbone is frozen: no graph through it
                 z = model.features(x)
             logits = model.fc(z)
-            losses = torch.stack([weighted_cross_entropy(logits[i], y[i], weights) for i in range(len(streams))])
+            losses = torch.stack([weighted_cross_entropy(logits[i], y[i], weights[i]) for i in range(len(streams))])
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         optimizer.step()

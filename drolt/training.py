@@ -117,12 +117,13 @@ def join_views(views: Sequence[Tensor]) -> Tensor:
     return views[0] if len(views) == 1 else torch.cat(list(views), dim=1)
 
 
-def packed_batches(data: LongTailData, streams: Sequence[Tensor], batch_size: int, gens: Sequence[torch.Generator],
-                   chunk_batches: int, autoaugment: bool = False, use_cutout: bool = False,
-                   augment: ApplyDraws = apply_draws) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yields (packed images [B, K*3, H, W], labels [K, B]) of every seed's `augmented_batches`, batch by batch."""
+def packed_batches(datas: Sequence[LongTailData], streams: Sequence[Tensor], batch_size: int,
+                   gens: Sequence[torch.Generator], chunk_batches: int, autoaugment: bool = False,
+                   use_cutout: bool = False, augment: ApplyDraws = apply_draws) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yields (packed images [B, K*3, H, W], labels [K, B]) of every seed's `augmented_batches`, batch by batch:
+    seed i's from `datas[i]` (the same data set for every seed, or in stage 2 one of each unit's rho)."""
     per_seed = [augmented_batches(data, stream, batch_size, gen, chunk_batches, autoaugment, use_cutout, augment)
-                for stream, gen in zip(streams, gens)]
+                for data, stream, gen in zip(datas, streams, gens, strict=True)]
     for batch in zip(*per_seed):
         labels = [y for _, y in batch]
         yield join_views([x for x, _ in batch]), labels[0].unsqueeze(0) if len(labels) == 1 else torch.stack(labels)
@@ -164,29 +165,36 @@ def augmented_batches(data: LongTailData, stream: Tensor, batch_size: int, gen: 
 def evaluate(model: nn.Module, net: Callable, data: LongTailData, cfg: Any, ncm: bool = True) -> dict:
     """Returns the test metrics of SPEC §5, NCM using centroids of the un-augmented LT training set (with
     `ncm=False` that pass over the training set is skipped and the NCM fields are NaN)."""
-    return evaluate_seeds(model, lambda x: tuple(t.unsqueeze(0) for t in net(x)), data, cfg, 1, ncm)[0]
+    return evaluate_seeds(model, lambda x: tuple(t.unsqueeze(0) for t in net(x)), [data], cfg, ncm)[0]
 
 
-def evaluate_seeds(model: nn.Module, net: Callable, data: LongTailData, cfg: Any, k: int,
+def evaluate_seeds(model: nn.Module, net: Callable, datas: Sequence[LongTailData], cfg: Any,
                    ncm: bool = True) -> list[dict]:
-    """Returns `evaluate`'s metrics for each of K seeds packed into one model (drolt/packed.py): `net` takes
-    a packed batch and returns (features [K, n, 64], logits [K, n, C]); every seed sees the same images."""
+    """Returns `evaluate`'s metrics for each of K seeds packed into one model (drolt/packed.py), seed i's on
+    `datas[i]`: `net` takes a packed batch and returns (features [K, n, 64], logits [K, n, C])."""
     model.eval()
 
-    def every_seed(chunk: Tensor) -> Tensor:
-        x = test_transform(to_unit_float(chunk))
-        return pack(x.unsqueeze(0).expand(k, *x.shape))
+    def features(images: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Each seed's (features, logits) of its images, in packed passes over the longest set's length."""
+        n = [len(x) for x in images]
 
-    def features(images: Tensor) -> tuple[Tensor, Tensor]:
-        return extract_seeds(net, images, cfg.eval_batch_size, every_seed, cfg)
+        def chunk(pos: Tensor) -> Tensor:
+            if all(x is images[0] for x in images):  # one data set: its images transformed once for every seed
+                x = test_transform(to_unit_float(images[0][pos]))
+                return pack(x.unsqueeze(0).expand(len(images), *x.shape))
+            # A shorter set's rows past its end repeat its last image; eval mode computes every row on its own,
+            # and only each set's own rows are kept.
+            return join_views([test_transform(to_unit_float(x[pos.clamp(max=len(x) - 1)])) for x in images])
+        z, logits = extract_seeds(net, torch.arange(max(n), device=images[0].device), cfg.eval_batch_size, chunk, cfg)
+        return [(seed_z[:m], seed_logits[:m]) for seed_z, seed_logits, m in zip(z, logits, n)]
 
-    centroids: list[Optional[Tensor]] = [None] * k
+    centroids: list[Optional[Tensor]] = [None] * len(datas)
     if ncm:
-        train_z, _ = features(data.train_images)
-        centroids = [class_centroids(z, data.train_labels, data.num_classes) for z in train_z]
-    test_z, test_logits = features(data.test_images)
+        centroids = [class_centroids(z, data.train_labels, data.num_classes)
+                     for (z, _), data in zip(features([d.train_images for d in datas]), datas)]
+    tested = features([d.test_images for d in datas])
     return [classification_report(logits, z, data.test_labels, c, data.class_counts)
-            for logits, z, c in zip(test_logits, test_z, centroids)]
+            for (z, logits), c, data in zip(tested, centroids, datas)]
 
 
 def improved(record: dict, best: Optional[dict], key: str) -> bool:

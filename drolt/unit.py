@@ -29,7 +29,7 @@ from .checkpoint import (discard_partial_writes, folder_lock, load_state, read_j
 from .config import DATA_LOCATION, DataConfig, Stage1Config, Stage2Config, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from .model import resnet32
-from .packed import PER_UNIT, unit_names
+from .packed import PER_UNIT, PER_UNIT_DATA, unit_names
 from .provenance import provenance
 from .stage1 import train_stage1, train_stage1_seeds
 from .stage2 import BANK_DRAWS, train_stage2, train_stage2_seeds
@@ -144,13 +144,15 @@ def run_stage(stage: int, unit: UnitConfig, data: LongTailData, device: torch.de
     return _finish_stage(stage, folder, result, cfg, data, device, t0)
 
 
-def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], data: LongTailData,
-             device: torch.device, log: Log, report: Optional[Callable[[int, dict], None]] = None,
+def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path],
+             data: LongTailData | Sequence[LongTailData], device: torch.device, log: Log,
+             report: Optional[Callable[[int, dict], None]] = None,
              stage1_weights: Optional[Sequence[dict]] = None) -> list[Optional[dict]]:
-    """Runs one stage of units that differ only in their seed (stage 2: and mode, and the stage 1 each starts
-    from, `stage1_weights`), packed into one model (`train_stage1_seeds`, `train_stage2_seeds`), each into its own
-    folder exactly as `run_stage` would; returns their result.json contents in order, None for a unit whose
-    training diverged (its error.json says so; the others go on without it).
+    """Runs one stage of units that differ only in their seed (stage 2: and mode, rho, and the stage 1 each
+    starts from, `stage1_weights`), packed into one model (`train_stage1_seeds`, `train_stage2_seeds`), each into
+    its own folder exactly as `run_stage` would; returns their result.json contents in order, None for a unit
+    whose training diverged (its error.json says so; the others go on without it). `data` is the units' data
+    set, or one per unit.
 
     Done units are skipped, and so are units that diverged in an earlier attempt of this run (`diverged`:
     they would only diverge again; `drolt run` clears error.json before a run, so a trial Ray retries finds
@@ -158,10 +160,15 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], d
     they reach the next ones' epoch, then on together. `report(i, record)` is called with unit i's records as
     `run_stage`'s `report` is.
     """
-    if any(unit.data != units[0].data for unit in units):
-        raise ValueError("units trained packed must share their data settings; train them apart")
+    own = PER_UNIT_DATA[stage]
+    if any(dataclasses.replace(unit.data, **{key: getattr(units[0].data, key) for key in own}) != units[0].data
+           for unit in units):
+        differ = f" but {', '.join(own)}" if own else ""
+        raise ValueError(f"units trained packed in stage {stage} must share their data settings{differ}; train them "
+                         "apart")
+    datas = [data] * len(units) if isinstance(data, LongTailData) else list(data)
     cfgs = [unit.stage1 if stage == 1 else unit.stage2 for unit in units]
-    names = unit_names(cfgs, PER_UNIT[stage])
+    names = unit_names(cfgs, PER_UNIT[stage], [unit.data for unit in units])
     results: list[Optional[dict]] = [None] * len(units)
     waiting: dict[int, Optional[dict]] = {}  # unit index -> the state it resumes from
     for i, folder in enumerate(folders):
@@ -200,10 +207,10 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], d
         try:
             resumes = None if after == 0 else [waiting[i] for i in pack]
             if stage == 1:
-                trained = train_stage1_seeds([cfgs[i] for i in pack], data, device, on_epoch, resumes)
+                trained = train_stage1_seeds([cfgs[i] for i in pack], datas[0], device, on_epoch, resumes)
             else:
-                trained = train_stage2_seeds([cfgs[i] for i in pack], data, [stage1_weights[i] for i in pack],
-                                             device, on_epoch, resumes)
+                trained = train_stage2_seeds([cfgs[i] for i in pack], [datas[i] for i in pack],
+                                             [stage1_weights[i] for i in pack], device, on_epoch, resumes)
         except _CaughtUp:
             trained = []
         except TrainingDiverged as err:
@@ -215,7 +222,7 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path], d
             del waiting[failed]
             trained = []
         for i, result in zip(pack, trained):
-            results[i] = _finish_stage(stage, folders[i], result, cfgs[i], data, device, t0)
+            results[i] = _finish_stage(stage, folders[i], result, cfgs[i], datas[i], device, t0)
             del waiting[i]
         for i in waiting:
             waiting[i] = load_resume_state(folders[i], log)

@@ -5,7 +5,8 @@ import json
 from dataclasses import dataclass
 
 from drolt.data import missing_data
-from drolt.packed import PER_UNIT
+from drolt.packed import PER_UNIT, PER_UNIT_DATA
+from drolt.sampling import parse_sampler
 
 from .grid import Grid, Run, Unit, expand
 from .storage import UnitState, read_state
@@ -13,26 +14,32 @@ from .storage import UnitState, read_state
 
 def packs(units: list[Unit], size: int) -> list[list[Unit]]:
     """Returns the units as trials: units of one stage that differ only in their seed (stage 2: and in their
-    mode, and so in the stage-1 unit and weights each starts from) in packs of at most `size` (as even as can
-    be)."""
+    mode, and so in the stage-1 unit and weights each starts from, and with the class-aware sampler in their
+    rho) in packs of at most `size`: the fewest packs, their sizes evened out, each a run of the units in the
+    grid's order (so a pack of a cell's size holds one cell)."""
     groups: dict[str, list[Unit]] = {}
     for unit in units:
-        key = unit.id if size == 1 else json.dumps(_shared(unit.settings), sort_keys=True)
+        key = unit.id if size == 1 else json.dumps(_shared(unit), sort_keys=True)
         groups.setdefault(key, []).append(unit)
     out = []
     for group in groups.values():
-        count = -(-len(group) // size)  # ceiling: the fewest packs, then their sizes evened out
-        out += [group[i::count] for i in range(count)]
+        count = -(-len(group) // size)
+        small, larger = divmod(len(group), count)  # the first `larger` packs hold one unit more
+        ends = [i * small + min(i, larger) for i in range(count + 1)]
+        out += [group[start:end] for start, end in zip(ends, ends[1:])]
     return out
 
 
-def _shared(settings: dict) -> dict:
-    """A unit's settings without what may differ within a pack (drolt.packed.PER_UNIT): its seed and, in stage
-    2, its mode with what follows from it (the handoff) and its stage-1 unit."""
-    out = {key: value for key, value in settings.items() if key not in ("stage1_unit", "handoff")}
+def _shared(unit: Unit) -> dict:
+    """A unit's settings without what may differ within a pack (drolt.packed.PER_UNIT, PER_UNIT_DATA): its seed
+    and, in stage 2, its mode with what follows from it (the handoff) and its stage-1 unit, and its rho where its
+    passes are as long at every rho (the class-aware sampler's)."""
+    out = {key: value for key, value in unit.settings.items() if key not in ("stage1_unit", "handoff")}
     for stage in ("stage1", "stage2"):
         if stage in out:
             out[stage] = {key: value for key, value in out[stage].items() if key not in PER_UNIT[int(stage[-1])]}
+    if unit.stage == 2 and parse_sampler(unit.settings["stage2"]["sampler"])[0] == "resample":
+        out["data"] = {key: value for key, value in out["data"].items() if key not in PER_UNIT_DATA[2]}
     return out
 
 
@@ -59,7 +66,7 @@ class Plan:
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
         if self.grid.pack_seeds > 1 and (todo := self.todo(1) + self.todo(2)):
-            lines.append(f"  units that differ only in their seed (stage 2: or mode) train packed, up to "
+            lines.append(f"  units that differ only in their seed (stage 2: or mode, or rho) train packed, up to "
                          f"{self.grid.pack_seeds} per trial (pack_seeds): {len(todo)} to run in "
                          f"{len(packs(todo, self.grid.pack_seeds))} trial(s)")
         configs = {u.id: u.config() for u in self.units.values()}

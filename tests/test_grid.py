@@ -416,6 +416,7 @@ def test_the_paper_grid_is_valid_and_runs_the_published_grid():
         else:
             assert {(u.config().stage2.seed, u.config().stage2.mode) for u in pack} == \
                 {(seed, mode) for seed in (0, 1, 2) for mode in ("faithful", "clean")}
+            assert len({(u.config().data.dataset, u.config().data.rho) for u in pack}) == 1  # one cell
 
 
 def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path):
@@ -439,10 +440,9 @@ def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path)
 
 def test_seeds_pack_only_with_units_of_the_same_other_settings_and_in_even_packs(tmp_path):
     from harness.launch import packs
-    grid = load_grid(_write(tmp_path / "g.yaml", {"seeds": [0, 1, 2, 3, 4], "rhos": [10, 20],
-                                                  "methods": ["ce", "ldam_drw", "dro_lt",
-                                                              {"name": "dro_lt", "mode": "clean"}],
-                                                  "pack_seeds": 3}))
+    spec = {"seeds": [0, 1, 2, 3, 4], "rhos": [10, 20], "pack_seeds": 3,
+            "methods": ["ce", "ldam_drw", "dro_lt", {"name": "dro_lt", "mode": "clean"}]}
+    grid = load_grid(_write(tmp_path / "g.yaml", spec))
     units = list(_units(grid).values())
     trials = packs(units, grid.pack_seeds)
     stage1 = [pack for pack in trials if pack[0].stage == 1]
@@ -451,18 +451,27 @@ def test_seeds_pack_only_with_units_of_the_same_other_settings_and_in_even_packs
         settings = {json.dumps({**u.settings, "stage1": {k: v for k, v in u.settings["stage1"].items() if k != "seed"}},
                                sort_keys=True) for u in pack}
         assert len(settings) == 1 and len({u.settings["stage1"]["seed"] for u in pack}) == len(pack)
-    stage2 = [pack for pack in trials if pack[0].stage == 2]  # 5 seeds x faithful and clean of 2 data settings
-    assert sorted(len(pack) for pack in stage2) == [2, 2, 2, 2, 3, 3, 3, 3]
-    for pack in stage2:
-        # each seed from its own stage 1 (here, packs taken every 2nd unit of the grid's order, one mode each)
-        assert len({u.settings["stage2"]["mode"] for u in pack}) == 1 and len({u.depends_on for u in pack}) == len(pack)
+
+    def unit_of(u):
+        return u.settings["stage2"]["seed"], u.settings["stage2"]["mode"], u.settings["data"]["rho"]
+    # stage 2: 5 seeds x faithful and clean x 2 rhos, whose class-aware passes are of one length: 20 units, in
+    # the fewest packs of at most 3, runs of the grid's order
+    stage2 = [pack for pack in trials if pack[0].stage == 2]
+    assert [len(pack) for pack in stage2] == [3, 3, 3, 3, 3, 3, 2]
+    assert [unit_of(u) for pack in stage2 for u in pack] == [unit_of(u) for u in units if u.stage == 2]
+    assert any(len({u.settings["data"]["rho"] for u in pack}) == 2 for pack in stage2)
     assert sorted(u.id for pack in trials for u in pack) == sorted(u.id for u in units)
     assert all(len(pack) == 1 for pack in packs(units, 1))
-    # faithful and clean units differ only in their mode: a pack large enough holds both
-    whole = [pack for pack in packs(units, 10) if pack[0].stage == 2]
-    assert [len(pack) for pack in whole] == [10, 10]
-    assert all({u.settings["stage2"]["mode"] for u in pack} == {"faithful", "clean"} for pack in whole)
-    assert all(len({u.settings["data"]["rho"] for u in pack}) == 1 for pack in whole)
+    # a pack of a cell's size holds one cell: its seeds in both modes
+    cells = [pack for pack in packs(units, 10) if pack[0].stage == 2]
+    assert [sorted(unit_of(u) for u in pack) for pack in cells] == [
+        sorted((seed, mode, rho) for seed in range(5) for mode in ("faithful", "clean")) for rho in (10, 20)]
+    assert [len(pack) for pack in packs(units, 20) if pack[0].stage == 2] == [20]
+    # a shuffled stage-2 pass is as long as the rho's data set: those units pack within their rho only
+    shuffled = load_grid(_write(tmp_path / "s.yaml", {**spec, "stage2": {"sampler": "shuffle"}}))
+    apart = [pack for pack in packs(list(_units(shuffled).values()), 20) if pack[0].stage == 2]
+    assert sorted(len(pack) for pack in apart) == [10, 10]
+    assert all(len({u.settings["data"]["rho"] for u in pack}) == 1 for pack in apart)
 
 
 def test_a_finished_stage_1_whose_weights_are_damaged_is_rebuilt_not_trusted(tmp_path):
@@ -582,6 +591,38 @@ def test_a_stage2_pack_of_both_modes_trains_each_unit_and_one_whose_stage1_weigh
         assert result["packed_seeds"] == 3 and result["config"]["mode"] == unit.settings["stage2"]["mode"]
         assert result["selected"] == ("best" if unit.settings["stage2"]["mode"] == "faithful" else "last")
     assert {pack[r["unit"]].id for r in reports} == {u.id for u in trained}  # records reported as their own
+
+
+def test_a_stage2_trial_of_two_rhos_trains_each_unit_on_its_own_data_as_it_trains_alone(tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+
+    from ray import tune
+
+    from harness.plan import packs
+    from trainables.stage import train_units
+    monkeypatch.setattr(tune, "report", lambda metrics: None)
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"rhos": [10, 5], "pack_seeds": 2, "methods": ["dro_lt"]}))
+    units = _units(grid)
+
+    def train(pack, storage):
+        train_units({"units": [{**dataclasses.asdict(u), "drolt": u.drolt_settings()} for u in pack],
+                     "storage": str(storage)})
+    for pack in packs([u for u in units.values() if u.stage == 1], grid.pack_seeds):
+        train(pack, grid.storage)
+    [pack] = packs([u for u in units.values() if u.stage == 2], grid.pack_seeds)
+    assert sorted(u.settings["data"]["rho"] for u in pack) == [5, 10]
+    alone = tmp_path / "alone"
+    shutil.copytree(grid.storage, alone)
+    train(pack, grid.storage)
+    for unit in pack:
+        train([unit], alone)
+        packed, single = (json.loads((storage / unit.id / "result.json").read_text())
+                          for storage in (grid.storage, alone))
+        assert (packed["packed_seeds"], single["packed_seeds"]) == (2, 1)
+        # the same training up to float32 rounding: its own rho's samples, class weights and shot splits
+        for key in ("loss", "top1", "ncm_top1", "medium", "few"):
+            assert packed["last"][key] == pytest.approx(single["last"][key], rel=1e-3, abs=1e-3), key
 
 
 def test_a_stage2_trial_whose_storage_fails_for_a_moment_raises_for_ray_to_retry(tmp_path, monkeypatch):

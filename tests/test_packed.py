@@ -331,3 +331,36 @@ def test_faithful_and_clean_units_packed_together_train_exactly_as_each_alone_in
         train_stage2_seeds([cfgs[1], cfgs[1]], smaller, starts, CPU)
     with pytest.raises(ValueError, match="seed 1 clean differs from seed 0 faithful in temperature"):
         train_stage2_seeds([cfgs[0], dataclasses.replace(cfgs[1], seed=1, temperature=2.0)], smaller, starts, CPU)
+
+
+def test_stage_2_units_of_other_rhos_packed_together_train_exactly_as_each_alone_in_float64(
+        smaller, small_long_tail, float64):
+    # A dataset's rhos differ in their training set (its size included: the evaluation pads the shorter one) and
+    # class weights, not in the length of their class-aware passes: each unit keeps its own of all of them.
+    other = small_long_tail(12, 3, 2)
+    assert len(other.train_labels) != len(smaller.train_labels)
+    datas = [smaller, other]
+    stage1 = [train_stage1(s1(seed=0, epochs=1, batch_size=16), data, CPU).model_state for data in datas]
+    cfg = Stage2Config(epochs=3, classifier_epochs=1, batch_size=16, eval_batch_size=256, classifier_weights="bal")
+    packed = train_stage2_seeds([cfg, cfg], datas, stage1, CPU)
+    for data, start, result in zip(datas, stage1, packed):
+        alone = train_stage2(cfg, data, start, CPU)
+        for a, p in zip(alone.history, result.history, strict=True):
+            assert (a["loss"], a["robust_loss"], a["top1"], a["ncm_top1"], a["few"]) == pytest.approx(
+                (p["loss"], p["robust_loss"], p["top1"], p["ncm_top1"], p["few"]), rel=1e-9, nan_ok=True)
+            assert a["radii"] == pytest.approx(p["radii"], rel=1e-9)
+        assert all(torch.allclose(alone.last_state[k], result.last_state[k], rtol=0, atol=1e-9)
+                   for k in alone.last_state if not k.endswith("num_batches_tracked"))
+    assert packed[0].history[0]["loss"] != packed[1].history[0]["loss"]
+
+
+def test_stage_2_units_whose_passes_differ_in_length_are_refused_naming_them(smaller, small_long_tail):
+    # A shuffled pass is as long as the rho's training set: such units cannot take their batches in step.
+    other = small_long_tail(12, 3, 2)
+    cfg = Stage2Config(epochs=1, classifier_epochs=0, batch_size=16, sampler="shuffle")
+    starts = [resnet32(10).state_dict()] * 2
+    lengths = r"passes must be of one length; got \{'seed 0 rho 4': 62, 'seed 0 rho 2': 83\}"
+    with pytest.raises(ValueError, match=lengths):
+        train_stage2_seeds([cfg, cfg], [smaller, other], starts, CPU)
+    with pytest.raises(ValueError, match="must differ in seed or mode or rho"):
+        train_stage2_seeds([cfg, cfg], [smaller, smaller], starts, CPU)

@@ -184,7 +184,7 @@ def test_the_centroid_banks_views_do_not_depend_on_eval_batch_size(tiny, stage1_
         model.load_state_dict(stage1_weights)
         gen = torch.Generator().manual_seed(0)
         one = packed_model([model])
-        banks = centroid_banks(one, one, tiny, [stream], s2(eval_batch_size=size), [gen], spy)
+        banks = centroid_banks(one, one, [tiny], [stream], s2(eval_batch_size=size), [gen], spy)
         seen[size] = banks[0], torch.cat(views)
     assert torch.equal(seen[256][1], seen[37][1])
     assert torch.allclose(seen[256][0], seen[37][0], rtol=0, atol=1e-5)

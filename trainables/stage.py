@@ -43,8 +43,8 @@ def _metrics(record: dict) -> dict:
 
 
 def train_units(config: dict) -> None:
-    """Runs one unit, or a stage of units that differ only in their seed (stage 2: or mode) packed into one
-    model, into <storage>/<unit id>/ each.
+    """Runs one unit, or a stage of units that differ only in their seed (stage 2: or mode, or rho) packed into
+    one model, into <storage>/<unit id>/ each.
 
     config = {"units": [{"id", "stage", "settings", "depends_on", "drolt": the settings drolt takes (method,
     data, stage1[, stage2])}, ...], "storage": absolute path of the storage folder}. Each report carries
@@ -59,7 +59,10 @@ def train_units(config: dict) -> None:
         try:
             cfgs = [unit_from_dict(unit["drolt"], where=f"unit {unit['id']}") for unit in units]
             device = trial_device()
-            data = load_data(cfgs[0].data).to(device)
+            datas = []  # unit i's data; a stage-2 pack may hold units of several rhos, each data set loaded once
+            for i, cfg in enumerate(cfgs):
+                same = next((j for j in range(i) if cfgs[j].data == cfg.data), None)
+                datas.append(datas[same] if same is not None else load_data(cfg.data).to(device))
 
             weights = None
             if units[0]["stage"] == 2:
@@ -69,8 +72,8 @@ def train_units(config: dict) -> None:
 
             def report(j: int, record: dict) -> None:
                 tune.report({**_metrics(record), "unit": kept[j]})
-            run_pack(units[0]["stage"], [cfgs[i] for i in kept], [folders[i] for i in kept], data, device, _log,
-                     report, weights)
+            run_pack(units[0]["stage"], [cfgs[i] for i in kept], [folders[i] for i in kept],
+                     [datas[i] for i in kept], device, _log, report, weights)
         except _DETERMINISTIC as err:
             _record_unfinished([folders[i] for i in kept], err)
         except Exception as err:
