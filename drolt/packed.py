@@ -169,7 +169,7 @@ def _join(key: str, values: Sequence[Tensor]) -> Tensor:
 def _split(key: str, value: Tensor, k: int) -> list[Tensor]:
     """Returns the K seeds' tensors of state `key` held in a packed tensor (`_join` reversed)."""
     if key.endswith("num_batches_tracked"):
-        return [value.detach().clone()] * k
+        return [value.detach().clone() for _ in range(k)]
     return [part.detach().clone() for part in (value.unbind(0) if _stacked(key) else value.chunk(k))]
 
 

@@ -74,11 +74,10 @@ def train_units(config: dict) -> None:
                 tune.report({**_metrics(record), "unit": kept[j]})
             run_pack(units[0]["stage"], [cfgs[i] for i in kept], [folders[i] for i in kept],
                      [datas[i] for i in kept], device, _log, report, weights)
-        except _DETERMINISTIC as err:
-            _record_unfinished([folders[i] for i in kept], err)
         except Exception as err:
             _record_unfinished([folders[i] for i in kept], err)
-            raise
+            if not isinstance(err, _DETERMINISTIC):
+                raise
 
 
 def _stage1_weights(units: list[dict], folders: list[Path], storage: Path) -> tuple[list[int], list]:
