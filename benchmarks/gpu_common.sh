@@ -16,6 +16,7 @@ GRID2=("${FAST2[@]}" --set stage2.compile_loss=true --set stage2.augment_batches
        --set stage2.graph_step=true --set stage2.fused_sgd=true)
 FAILED=0    # the exit status of the first part that failed, the scripts' own exit status
 PART=0      # the number of the part `step` was last called for
+OUT_OF_TIME=0  # the first part skipped for time (0: none): later ones are skipped too, so parts run in order
 
 step() {  # step LIMIT_S OUTPUT_FILE COMMAND...
     local limit=$1 file=$OUT/$2 rc
@@ -25,8 +26,13 @@ step() {  # step LIMIT_S OUTPUT_FILE COMMAND...
         echo "$(date +%T) part $PART skipped (SKIP=$SKIP): $*"
         return
     fi
-    if (( SECONDS + limit > BUDGET_S )); then
-        echo "$(date +%T) part $PART skipped, ${limit} s not left of ${BUDGET_S}: $*" | tee -a "$file"
+    if (( ! OUT_OF_TIME && SECONDS + limit > BUDGET_S )); then
+        OUT_OF_TIME=$PART
+        echo "$(date +%T) part $PART needs ${limit} s, $((BUDGET_S - SECONDS)) s are left of ${BUDGET_S}: it and" \
+             "the parts after it are skipped; a second call goes on with SKIP=$((PART - 1))"
+    fi
+    if (( OUT_OF_TIME )); then
+        echo "$(date +%T) part $PART skipped for time (SKIP=$((OUT_OF_TIME - 1)) runs it): $*" | tee -a "$file"
         return
     fi
     echo "$(date +%T) part $PART: $*" | tee -a "$file"

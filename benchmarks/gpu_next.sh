@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next GPU measurement of the speed issue, most telling first; a part is skipped when fewer seconds than
-# its limit are left of BUDGET_S (gpu_common.sh), so the later parts run only when earlier ones end early, and
-# a second call goes on where the first stopped (SKIP=<parts already run>).
+# its limit are left of BUDGET_S (gpu_common.sh), and so is every part after it, so that a second call goes on
+# where the first stopped (SKIP=<parts already run>).
 # The paper grid packs 6 units per trial, two trials per GPU (experiments/paper_cifar_lt.yaml), from the H100
 # call of 2026-11-27 19:05 (results/benchmarks/h100_packed_stage1_graph_step.txt and the files beside it). The
 # 3x packing target is still short: 2.61x at 8 stage-1 seeds in that call, whose epochs all ran at warm-up
@@ -9,8 +9,9 @@
 # earlier call. Stage 2, most of the grid's time, was measured packed at 6 units only (1.80x, two calls).
 #   1. stage-1 packs of 3 and 8 seeds with the paper grid's settings at one learning rate, against 1 seed
 #   2. stage-2 packs of 6 (a paper-grid cell: 3 seeds in both DRO-LT modes) and 18 units (pack_seeds: 18, a
-#      dataset's three rhos in one pack; timed at one rho, the same work), against 1 unit in the same process;
-#      half the data, so that three cold compiles fit
+#      dataset's three rhos in one pack; timed at one rho: the three rhos' NCM passes, padded to the largest
+#      rho's training set, add a few percent), against 1 unit in the same process; half the data, so that
+#      three cold compiles fit
 #   3. part 1 with compile_step (inductor's fused kernels inside graph_step's recorded step)
 #   4. stage 2 under MPS, 1 and 2 processes each packing 6 units: the grid's two trials per GPU
 #   5. one stage-2 unit alone under MPS, the baseline of 4 in the same call

@@ -16,7 +16,7 @@ def packs(units: list[Unit], size: int) -> list[list[Unit]]:
     """Returns the units as trials: units of one stage that differ only in their seed (stage 2: and in their
     mode, and so in the stage-1 unit and weights each starts from, and with the class-aware sampler in their
     rho) in packs of at most `size`: the fewest packs, their sizes evened out, each a run of the units in the
-    grid's order (so a pack of a cell's size holds one cell)."""
+    grid's order (so when none of a group's units is done, a pack of a cell's size holds one cell)."""
     groups: dict[str, list[Unit]] = {}
     for unit in units:
         key = unit.id if size == 1 else json.dumps(_shared(unit), sort_keys=True)
@@ -66,7 +66,8 @@ class Plan:
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
         if self.grid.pack_seeds > 1 and (todo := self.todo(1) + self.todo(2)):
-            lines.append(f"  units that differ only in their seed (stage 2: or mode, or rho) train packed, up to "
+            lines.append(f"  units that differ only in their seed (stage 2: or mode, or rho with the class-aware sampler) "
+                         f"train packed, up to "
                          f"{self.grid.pack_seeds} per trial (pack_seeds): {len(todo)} to run in "
                          f"{len(packs(todo, self.grid.pack_seeds))} trial(s)")
         configs = {u.id: u.config() for u in self.units.values()}

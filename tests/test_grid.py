@@ -602,7 +602,10 @@ def test_a_stage2_trial_of_two_rhos_trains_each_unit_on_its_own_data_as_it_train
     from harness.plan import packs
     from trainables.stage import train_units
     monkeypatch.setattr(tune, "report", lambda metrics: None)
-    grid = load_grid(_write(tmp_path / "grid.yaml", {"rhos": [10, 5], "pack_seeds": 2, "methods": ["dro_lt"]}))
+    # 30 images per class: at rho 10 some classes are few-shot (< 20 images), at rho 1.2 none, so that the
+    # many/medium/few splits tell the rhos' class counts apart
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"rhos": [10, 1.2], "pack_seeds": 2, "methods": ["dro_lt"],
+                                                     "data": {"root": "data", "synthetic": 30}}))
     units = _units(grid)
 
     def train(pack, storage):
@@ -611,7 +614,7 @@ def test_a_stage2_trial_of_two_rhos_trains_each_unit_on_its_own_data_as_it_train
     for pack in packs([u for u in units.values() if u.stage == 1], grid.pack_seeds):
         train(pack, grid.storage)
     [pack] = packs([u for u in units.values() if u.stage == 2], grid.pack_seeds)
-    assert sorted(u.settings["data"]["rho"] for u in pack) == [5, 10]
+    assert sorted(u.settings["data"]["rho"] for u in pack) == [1.2, 10]
     alone = tmp_path / "alone"
     shutil.copytree(grid.storage, alone)
     train(pack, grid.storage)
@@ -620,9 +623,14 @@ def test_a_stage2_trial_of_two_rhos_trains_each_unit_on_its_own_data_as_it_train
         packed, single = (json.loads((storage / unit.id / "result.json").read_text())
                           for storage in (grid.storage, alone))
         assert (packed["packed_seeds"], single["packed_seeds"]) == (2, 1)
-        # the same training up to float32 rounding: its own rho's samples, class weights and shot splits
+        # the same training up to float32 rounding (compared after the first epoch: on random images the
+        # classifier epoch's large losses amplify it): its own rho's samples, class weights and shot splits
+        first = [json.loads((storage / unit.id / "metrics.jsonl").read_text().splitlines()[0])
+                 for storage in (grid.storage, alone)]
         for key in ("loss", "top1", "ncm_top1", "medium", "few"):
-            assert packed["last"][key] == pytest.approx(single["last"][key], rel=1e-3, abs=1e-3), key
+            assert first[0][key] == pytest.approx(first[1][key], rel=1e-3, abs=1e-3, nan_ok=True), key
+        assert [packed["last"][f"{split}_n"] for split in ("medium", "few")] == \
+            ([10, 0] if unit.settings["data"]["rho"] == 1.2 else [2, 8])
 
 
 def test_a_stage2_trial_whose_storage_fails_for_a_moment_raises_for_ray_to_retry(tmp_path, monkeypatch):
