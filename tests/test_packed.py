@@ -342,7 +342,7 @@ def test_stage_2_units_of_other_rhos_packed_together_train_exactly_as_each_alone
     assert len(other.train_labels) != len(smaller.train_labels)
     datas = [smaller, other]
     stage1 = [train_stage1(s1(seed=0, epochs=1, batch_size=16), data, CPU).model_state for data in datas]
-    cfg = Stage2Config(epochs=3, classifier_epochs=1, batch_size=16, eval_batch_size=40, classifier_weights="bal")
+    cfg = Stage2Config(epochs=2, classifier_epochs=1, batch_size=16, eval_batch_size=40, classifier_weights="bal")
     packed = train_stage2_seeds([cfg, cfg], datas, stage1, CPU)
     for data, start, result in zip(datas, stage1, packed):
         alone = train_stage2(cfg, data, start, CPU)
