@@ -19,7 +19,7 @@ from .packed import (PER_UNIT, join_optimizer_states, join_states, packed_model,
                      shared_settings, split_optimizer_state, split_state, unit_names)
 from .sampling import ShuffledEpochs
 from .training import (EpochCallback, StageResult, augmenter, check_finite, device_generator, evaluate_seeds,
-                       improved, packed_batches, set_lr)
+                       improved, packed_batches, set_lr, unit_data)
 
 
 def lr_at(cfg: Stage1Config, epoch: int) -> float:
@@ -58,6 +58,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     cfg = shared_settings(cfgs, PER_UNIT[1])
     unit_labels = unit_names(cfgs, PER_UNIT[1])  # how logs and errors name the units
     k, ldam = len(cfgs), cfg.method == "ldam_drw"
+    datas = unit_data(data, k)  # every seed's, for the loops that take one per unit
     models = []
     for seed_cfg in cfgs:
         torch.manual_seed(seed_cfg.seed)  # model init
@@ -106,14 +107,14 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
         # Summed on the device and read once per epoch: a .item() per batch would sync the GPU every step.
         loss_sums = torch.zeros(k, device=device)
         streams = [sampler.next_pass().to(device) for sampler in samplers]
-        for x, y in packed_batches([data] * k, streams, cfg.batch_size, aug_gens, cfg.augment_batches, augment=augment):
+        for x, y in packed_batches(datas, streams, cfg.batch_size, aug_gens, cfg.augment_batches, augment=augment):
             losses = step(speed.model_input(x, cfg.channels_last), y, weights, key=lr)
             loss_sums += losses * y.shape[1]
         train_losses = [loss_sum / n for loss_sum in loss_sums.tolist()]
         check_finite(train_losses, 1, epoch, unit_labels)
         train_time = time.perf_counter() - t0
 
-        reports = evaluate_seeds(model, net, [data] * k, cfg, ncm=ncm_epoch(cfg, epoch))
+        reports = evaluate_seeds(model, net, datas, cfg, ncm=ncm_epoch(cfg, epoch))
         epoch_time = time.perf_counter() - t0
         states = split_state(model.state_dict(), k)
         optimizer_states = split_optimizer_state(optimizer.state_dict(), names, k) if on_epoch else [None] * k
@@ -135,7 +136,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
         # (a best kept in a resume state was read to the CPU, one found since lies on the device)
         model.load_state_dict(join_states([{key: value.to(device) for key, value in best["model"].items()}
                                            for best in bests]))
-        for best, history, report in zip(bests, histories, evaluate_seeds(model, net, [data] * k, cfg)):
+        for best, history, report in zip(bests, histories, evaluate_seeds(model, net, datas, cfg)):
             if math.isnan(best["record"]["ncm_top1"]):
                 ncm = {key: value for key, value in report.items() if key.startswith("ncm_")}
                 best["record"].update(ncm)

@@ -23,7 +23,7 @@ from .packed import (PER_UNIT, RADII, join_optimizer_states, join_states, packed
                      resume_epoch, shared_settings, split_optimizer_state, split_state, unit_names)
 from .sampling import make_sampler
 from .training import (EpochCallback, StageResult, augmenter, check_finite, device_generator, evaluate_seeds,
-                       extract_seeds, improved, join_views, packed_batches)
+                       extract_seeds, improved, join_views, packed_batches, unit_data)
 from .stage1 import SeedCallback
 
 
@@ -68,7 +68,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequen
     robust loss's quirks, the faithful restart of the classifier phase, what it reports). `on_epoch(i,
     record, state)` gets unit i's record and the state of an unpacked stage 2, which `resumes` takes.
     """
-    datas = [data] * len(cfgs) if isinstance(data, LongTailData) else list(data)
+    datas = unit_data(data, len(cfgs))
     cfg = shared_settings(cfgs, PER_UNIT[2], datas)
     unit_labels = unit_names(cfgs, PER_UNIT[2], datas)  # how logs and errors name the units
     samplers = [make_sampler(cfg.sampler, d.train_labels, d.num_classes, c.seed) for c, d in zip(cfgs, datas,
@@ -159,8 +159,8 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequen
         else:
             # Every epoch of the reference builds the centroid bank, unused here: its pass and augmentation
             # draws are spent as it spends them, so the classifier trains on the samples and views it would.
-            for unit_data, stream, gen in zip(datas, streams, aug_gens):
-                bank_draws(unit_data, stream, cfg, gen)
+            for own_data, stream, gen in zip(datas, streams, aug_gens):
+                bank_draws(own_data, stream, cfg, gen)
             streams = [sampler.next_pass().to(device) for sampler in samplers]
             losses = classifier_epoch(model, datas, streams, cfg, opt_classifier, classifier_weights, aug_gens,
                                       augment)

@@ -117,6 +117,11 @@ def join_views(views: Sequence[Tensor]) -> Tensor:
     return views[0] if len(views) == 1 else torch.cat(list(views), dim=1)
 
 
+def unit_data(data: LongTailData | Sequence[LongTailData], k: int) -> list[LongTailData]:
+    """Returns the data set of each of a pack's k units: `data` for all of them, or the one given per unit."""
+    return [data] * k if isinstance(data, LongTailData) else list(data)
+
+
 def packed_batches(datas: Sequence[LongTailData], streams: Sequence[Tensor], batch_size: int,
                    gens: Sequence[torch.Generator], chunk_batches: int, autoaugment: bool = False,
                    use_cutout: bool = False, augment: ApplyDraws = apply_draws) -> Iterator[tuple[Tensor, Tensor]]:
@@ -177,9 +182,10 @@ def evaluate_seeds(model: nn.Module, net: Callable, datas: Sequence[LongTailData
     def features(images: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """Each seed's (features, logits) of its images, in packed passes over the longest set's length."""
         n = [len(x) for x in images]
+        shared = all(x is images[0] for x in images)  # one data set: its images transformed once for every seed
 
         def chunk(pos: Tensor) -> Tensor:
-            if all(x is images[0] for x in images):  # one data set: its images transformed once for every seed
+            if shared:
                 x = test_transform(to_unit_float(images[0][pos]))
                 return pack(x.unsqueeze(0).expand(len(images), *x.shape))
             # A shorter set's rows past its end repeat its last image; eval mode computes every row on its own,

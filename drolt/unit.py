@@ -33,7 +33,7 @@ from .packed import PER_UNIT, PER_UNIT_DATA, unit_names
 from .provenance import provenance
 from .stage1 import train_stage1, train_stage1_seeds
 from .stage2 import BANK_DRAWS, train_stage2, train_stage2_seeds
-from .training import StageResult, TrainingDiverged
+from .training import StageResult, TrainingDiverged, unit_data
 
 METHODS = ("ce", "ldam_drw", "dro_lt")
 
@@ -166,7 +166,7 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path],
         differ = f" but {', '.join(own)}" if own else ""
         raise ValueError(f"units trained packed in stage {stage} must share their data settings{differ}; train them "
                          "apart")
-    datas = [data] * len(units) if isinstance(data, LongTailData) else list(data)
+    datas = unit_data(data, len(units))
     cfgs = [unit.stage1 if stage == 1 else unit.stage2 for unit in units]
     names = unit_names(cfgs, PER_UNIT[stage], [unit.data for unit in units])
     results: list[Optional[dict]] = [None] * len(units)

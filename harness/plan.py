@@ -66,10 +66,9 @@ class Plan:
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
         if self.grid.pack_seeds > 1 and (todo := self.todo(1) + self.todo(2)):
-            lines.append(f"  units that differ only in their seed (stage 2: or mode, or rho with the class-aware sampler) "
-                         f"train packed, up to "
-                         f"{self.grid.pack_seeds} per trial (pack_seeds): {len(todo)} to run in "
-                         f"{len(packs(todo, self.grid.pack_seeds))} trial(s)")
+            lines.append(f"  units that differ only in their seed (stage 2: or mode, or rho with the class-aware "
+                         f"sampler) train packed, up to {self.grid.pack_seeds} per trial (pack_seeds): {len(todo)} "
+                         f"to run in {len(packs(todo, self.grid.pack_seeds))} trial(s)")
         configs = {u.id: u.config() for u in self.units.values()}
         warnings = {w for u in self.units.values() if u.stage == 1 for w in configs[u.id].stage1.warnings()}
         # the run would stop at its start for want of data: said now, not after the plan looked fine
