@@ -71,6 +71,18 @@ def train_images_per_epoch(stage: int, cfg: Stage1Config | Stage2Config, data: L
     return 2 * len(make_sampler(cfg.sampler, data.train_labels, data.num_classes, 0).next_pass())
 
 
+def pack_units(cfg: Stage1Config | Stage2Config, k: int, first_seed: int = 0,
+               mixed: bool = False) -> list[Stage1Config | Stage2Config]:
+    """Returns the settings of a pack of k units: seeds first_seed .. first_seed + k - 1 of `cfg`, or with `mixed`
+    (stage 1) CE and LDAM-DRW in turn, seeds first_seed, first_seed, first_seed + 1, ..., as the paper grid
+    packs a cell's stage 1."""
+    if not mixed:
+        return [dataclasses.replace(cfg, seed=first_seed + i) for i in range(k)]
+    if not isinstance(cfg, Stage1Config):
+        raise SystemExit("--mixed packs stage 1's two methods: use it with --stage 1")
+    return [dataclasses.replace(cfg, seed=first_seed + i // 2, method=("ce", "ldam_drw")[i % 2]) for i in range(k)]
+
+
 def available_cores() -> int:
     """Returns how many CPU cores this process may run on (the reference loop's DataLoader workers)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -12,7 +12,8 @@ Aggregate images/s = sum over processes of (training images of counted epochs / 
 epoch's training images are its two passes over the class-aware stream (centroid bank and training).
 
 --seeds K makes each process train seeds K*rank .. K*rank+K-1 packed into one model (`train_stage1_seeds`,
-`train_stage2_seeds`: what the harness runs with the grid key `pack_seeds`); a counted epoch
+`train_stage2_seeds`: what the harness runs with the grid key `pack_seeds`; with --mixed, stage 1's CE and
+LDAM-DRW in turn, as the paper grid packs a cell's stage 1, LDAM-DRW's class weights on from the start); a counted epoch
 then counts K x its training images. Packed seeds make each kernel K times wider, which packing processes
 alone cannot (K processes launch K times as many kernels instead). Compare runs with --seeds 1 and --seeds 3
 by aggregate images/s.
@@ -28,7 +29,6 @@ unless --allow-cpu (to test the script itself with tiny sizes).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (available_cores, parse_overrides, scaled, shortened, synthetic_long_tail,
-                               train_images_per_epoch)
+from benchmarks.common import (available_cores, pack_units, parse_overrides, scaled, shortened,
+                               synthetic_long_tail, train_images_per_epoch)
 from benchmarks.grid_estimate import GRID, TEST_IMAGES, cell_sizes
 from drolt.config import Stage1Config, Stage2Config
 from drolt.model import resnet32
@@ -108,7 +108,8 @@ def worker(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = synthetic_long_tail(args.dataset, args.rho, seed=args.rank)
     # stage 1 at one learning rate, as in a run's steady epochs (graph_step records anew for each rate)
-    cfg1, cfg2 = parse_overrides(args.set, Stage1Config(seed=args.rank, epochs=10**6, warmup_epochs=0),
+    cfg1, cfg2 = parse_overrides(args.set, Stage1Config(seed=args.rank, epochs=10**6, warmup_epochs=0,
+                                                        drw_start_epoch=0),
                                  Stage2Config(seed=args.rank, epochs=10**6, classifier_epochs=0))
     if args.stage == 1 and args.subsample < 1:
         data = shortened(data, 1, max(1, round(args.subsample * len(data.train_labels))))
@@ -121,12 +122,12 @@ def worker(args: argparse.Namespace) -> None:
     try:
         if args.stage == 1:
             # K = 1: the process's own seed, as train_stage1 trains it; no two processes share a seed
-            cfgs = [dataclasses.replace(cfg1, seed=cfg1.seed * args.seeds + s) for s in range(args.seeds)]
+            cfgs = pack_units(cfg1, args.seeds, cfg1.seed * args.seeds, args.mixed)
             # every seed of a pack shares the epoch's time: seed 0's call stands for the epoch
             train_stage1_seeds(cfgs, data, device, on_epoch=lambda i, record, state: window(record, state)
                                if i == 0 else None)
         else:
-            cfgs = [dataclasses.replace(cfg2, seed=cfg2.seed * args.seeds + s) for s in range(args.seeds)]
+            cfgs = pack_units(cfg2, args.seeds, cfg2.seed * args.seeds, args.mixed)
             torch.manual_seed(args.rank)
             weights = [resnet32(data.num_classes).state_dict() for _ in cfgs]
             train_stage2_seeds(cfgs, data, weights, device, on_epoch=lambda i, record, state: window(record, state)
@@ -160,7 +161,7 @@ def run_count(count: int, args: argparse.Namespace) -> dict:
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         common = ["--stage", str(args.stage), "--seeds", str(args.seeds), "--dataset", args.dataset,
                   "--rho", str(args.rho), "--threads", str(args.threads), "--subsample", str(args.subsample),
-                  "--sync-dir", tmp,
+                  "--sync-dir", tmp, *(["--mixed"] if args.mixed else []),
                   *(f"--set={pair}" for pair in args.set)]
         procs = []
         for rank in range(count):
@@ -258,8 +259,9 @@ def grid_estimate(single: dict, gain: float, loops: dict | None, seeds: int = 1)
 
 
 def print_header(device: str, args: argparse.Namespace) -> None:
-    what = "stage 1 CE" if args.stage == 1 else "stage 2 DRO-LT feature epochs"
-    what += f", {args.seeds} seed(s) packed into one model per process"
+    what = ("stage 1 CE and LDAM-DRW in turn" if args.mixed else "stage 1 CE") if args.stage == 1 \
+        else "stage 2 DRO-LT feature epochs"
+    what += f", {args.seeds} unit(s) packed into one model per process"
     print(f"packing: {device} | torch {torch.__version__} | {what} on synthetic {args.dataset}-LT rho "
           f"{args.rho:g} (x{args.subsample:g}) | {args.threads} CPU threads per process | window {args.window:g} s"
           f" | settings: {' '.join(args.set) or 'defaults'}")
@@ -301,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8], help="processes per run")
     parser.add_argument("--seeds", type=int, default=1,
                         help="seeds each process trains packed into one model (the grid's pack_seeds)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="stage 1: each pack CE and LDAM-DRW in turn, as the paper grid packs a cell's stage 1")
     parser.add_argument("--window", type=float, default=20.0, help="measuring window per count, seconds")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per process (the trial's cpus)")
     parser.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])

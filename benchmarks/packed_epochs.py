@@ -5,6 +5,8 @@ runs with `pack_seeds`, seeds 0..K-1 of one setting trained as one model (drolt/
 model, as an unpacked unit trains it):
 - `--stage 1`: `train_stage1_seeds`, epochs as `train_stage1` runs them (CE unless `--set
   stage1.method=ldam_drw`, batch 128 per seed, crop and flip on the device, the per-epoch evaluation with NCM);
+  `--mixed` packs CE and LDAM-DRW in turn (seeds 0, 0, 1, 1, ...), as the paper grid packs a cell's stage 1
+  (LDAM-DRW's class weights on from the first epoch, as in its steady epochs after drw_start_epoch);
 - `--stage 2`: `train_stage2_seeds`, DRO-LT feature epochs as `train_stage2` runs them (centroid bank, training
   pass, evaluation), from fresh weights: the same work as from stage-1 weights. The paper grid packs a cell's
   3 seeds in both modes; K seeds of one mode (`--set stage2.mode=...`) cost the same.
@@ -23,13 +25,12 @@ every epoch at a new warm-up rate). Speed settings as in a grid file (`--set sta
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 
 import torch
 
-from benchmarks.common import (device_name, parse_overrides, resolve_device, scaled, synthetic_long_tail,
-                               train_images_per_epoch)
+from benchmarks.common import (device_name, pack_units, parse_overrides, resolve_device, scaled,
+                               synthetic_long_tail, train_images_per_epoch)
 from drolt.config import Stage1Config, Stage2Config
 from drolt.data import LongTailData
 from drolt.model import resnet32
@@ -46,28 +47,25 @@ def fresh_weights(data: LongTailData, seed: int) -> dict:
     return resnet32(data.num_classes).state_dict()
 
 
-def train_pack(stage: int, cfg: Stage1Config | Stage2Config, data: LongTailData, device: torch.device,
-               k: int) -> tuple[list[float], list[list[dict]]]:
-    """Trains seeds 0..k-1 of `cfg` as one pack; returns the epoch times and each seed's records."""
+def train_pack(stage: int, cfgs: list[Stage1Config] | list[Stage2Config], data: LongTailData,
+               device: torch.device) -> tuple[list[float], list[list[dict]]]:
+    """Trains the units of `cfgs` as one pack; returns the epoch times and each unit's records."""
     def show(i: int, record: dict, state: dict) -> None:
         if i == 0:  # printed as each epoch ends, kept should a time limit cut in
-            print(f"      {k} units, epoch {record['epoch']}: {record['epoch_time']:.3f} s", flush=True)
+            print(f"      {len(cfgs)} units, epoch {record['epoch']}: {record['epoch_time']:.3f} s", flush=True)
 
-    cfgs = [dataclasses.replace(cfg, seed=s) for s in range(k)]
     if stage == 1:
         results = train_stage1_seeds(cfgs, data, device, on_epoch=show)
     else:
-        results = train_stage2_seeds(cfgs, data, [fresh_weights(data, s) for s in range(k)], device, on_epoch=show)
+        results = train_stage2_seeds(cfgs, data, [fresh_weights(data, c.seed) for c in cfgs], device, on_epoch=show)
     return [r["epoch_time"] for r in results[0].history], [result.history for result in results]
 
 
-def train_alone(stage: int, cfg: Stage1Config | Stage2Config, data: LongTailData, device: torch.device,
-                seed: int) -> list[dict]:
-    """Returns the records of seed `seed` trained unpacked, as `train_pack` trains it in a pack."""
-    cfg = dataclasses.replace(cfg, seed=seed)
+def train_alone(stage: int, cfg: Stage1Config | Stage2Config, data: LongTailData, device: torch.device) -> list[dict]:
+    """Returns the records of the unit of `cfg` trained unpacked, as `train_pack` trains it in a pack."""
     if stage == 1:
         return train_stage1(cfg, data, device).history
-    return train_stage2(cfg, data, fresh_weights(data, seed), device).history
+    return train_stage2(cfg, data, fresh_weights(data, cfg.seed), device).history
 
 
 def steady_epochs(stage: int, cfg: Stage1Config | Stage2Config) -> list[int]:
@@ -88,6 +86,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per count; the first one warms up")
     parser.add_argument("--fraction", type=float, default=1.0, help="of the data (below 1 to try it on a CPU)")
     parser.add_argument("--check", action="store_true", help="also train each seed alone and print both records")
+    parser.add_argument("--mixed", action="store_true", help="stage 1: CE and LDAM-DRW in turn in each pack")
     parser.add_argument("--set", action="append", default=[], metavar="stageN.KEY=VALUE")
     args = parser.parse_args()
     if args.epochs < 2:
@@ -95,7 +94,7 @@ def main() -> None:
     device = resolve_device(args.device)
     # one learning rate throughout, as in the steady epochs of a run: with graph_step each new rate (stage 1's
     # warm-up) records the step anew, which no steady epoch pays; stage 2 times its feature epochs
-    cfgs = parse_overrides(args.set, Stage1Config(epochs=args.epochs, warmup_epochs=0),
+    cfgs = parse_overrides(args.set, Stage1Config(epochs=args.epochs, warmup_epochs=0, drw_start_epoch=0),
                            Stage2Config(epochs=args.epochs, classifier_epochs=0))
     cfg = cfgs[args.stage - 1]
     timed = steady_epochs(args.stage, cfg)
@@ -103,11 +102,13 @@ def main() -> None:
     n = train_images_per_epoch(args.stage, cfg, data)
     print(f"packed stage {args.stage}: {device_name(device)} | torch {torch.__version__} | synthetic cifar10-LT rho "
           f"100, {len(data.train_labels)} training images ({n} trained on per epoch), {len(data.test_labels)} test | "
-          f"steady: epochs {', '.join(map(str, timed))} | settings: {' '.join(args.set) or 'plain'}")
+          f"steady: epochs {', '.join(map(str, timed))} | settings: {' '.join(args.set) or 'plain'}"
+          f"{' | CE and LDAM-DRW in turn' if args.mixed else ''}")
     print(f"{'units':>5}{'first s':>9}{'steady s':>10}{'train img/s':>13}{'vs 1 unit':>11}")
     base = None
     for k in sorted(set(args.counts) | {1}):
-        times, records = train_pack(args.stage, cfg, data, device, k)
+        units = pack_units(cfg, k, mixed=args.mixed)
+        times, records = train_pack(args.stage, units, data, device)
         steady = statistics.median(times[e] for e in timed)
         rate = k * n / steady
         base = base or rate
@@ -115,9 +116,10 @@ def main() -> None:
         torch._dynamo.reset()  # the next count compiles its own graphs
         if args.check:
             loss = LOSS[args.stage]
-            for seed, packed in enumerate(records):
-                for a, b in zip(train_alone(args.stage, cfg, data, device, seed), packed):
-                    print(f"      seed {seed} epoch {b['epoch']}: alone loss {a[loss]:.5f} top1 {a['top1']:.2f} "
+            for unit, packed in zip(units, records):
+                name = f"seed {unit.seed}" + (f" {unit.method}" if args.mixed else "")
+                for a, b in zip(train_alone(args.stage, unit, data, device), packed):
+                    print(f"      {name} epoch {b['epoch']}: alone loss {a[loss]:.5f} top1 {a['top1']:.2f} "
                           f"ncm {a['ncm_top1']:.2f} | packed loss {b[loss]:.5f} top1 {b['top1']:.2f} "
                           f"ncm {b['ncm_top1']:.2f}")
 

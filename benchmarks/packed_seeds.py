@@ -95,7 +95,7 @@ def check_packing(device: torch.device, k: int = 3, batch: int = 16) -> str:
     # the weights, heads included, and every BatchNorm's running statistics against the separate models'.
     params = {name for name, _ in models[0].named_parameters()}
     weights, running = [], []
-    for m, state in zip(models, split_state(packed.state_dict(), k)):
+    for m, state in zip(models, split_state(packed.state_dict(), packed.cosine_heads)):
         if state.keys() != m.state_dict().keys():
             odd = sorted(state.keys() ^ m.state_dict().keys())
             raise RuntimeError(f"the packed state dict's keys are not a ResNet-32's; these differ: {odd}")

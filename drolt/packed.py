@@ -3,14 +3,16 @@
 A training step of ResNet-32 at batch 128 is a few hundred small kernels, each far from filling a large GPU;
 processes sharing the GPU mostly take turns. Packed, every kernel is K times wider instead of K times as many:
 each convolution becomes a grouped convolution (groups=K), each BatchNorm normalises K*C channels (its
-statistics are per channel, hence per seed), the classifier a batched matmul. Each seed keeps its own
+statistics are per channel, hence per seed), the classifiers a batched matmul (CE's linear heads and
+LDAM-DRW's cosine ones side by side, so a pack may mix the two methods). Each seed keeps its own
 weights, batches and optimizer state: the loss is the sum of the seeds' losses, so each seed's gradient is
 its own, and SGD (momentum, weight decay) is elementwise, so one optimizer over the packed parameters is K
 optimizers. tests/test_packed.py checks this against K separate models in float64.
 
 A packed model's state dict has the keys of one ResNet-32's, each tensor holding the K seeds' tensors
-(`join_states`, `split_state`); so do the optimizer states, so every unit keeps the checkpoints of an
-unpacked one and can resume packed or alone.
+(`join_states`, `split_state`; a cosine head's weight transposed, and a zero bias beside it where the pack
+has linear heads too); so do the optimizer states, so every unit keeps the checkpoints of an unpacked one and
+can resume packed or alone.
 """
 from __future__ import annotations
 
@@ -79,27 +81,32 @@ class PackedBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class PackedLinear(nn.Module):
-    """K linear heads: weight [K, C, 64], bias [K, C]."""
+class PackedHead(nn.Module):
+    """K classifiers, each CE's linear head or LDAM-DRW's cosine head (a pack may mix them): weight [K, C, 64]
+    (a cosine head's [64, C] transposed, so that both kinds stack) and, unless every head is cosine, bias
+    [K, C], whose rows of cosine heads are masked out (so their gradient is zero and they stay zero)."""
 
-    def __init__(self, heads: Sequence[nn.Linear]):
+    def __init__(self, heads: Sequence[nn.Module]):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([h.weight.detach() for h in heads]))
-        self.bias = nn.Parameter(torch.stack([h.bias.detach() for h in heads]))
+        cosine = [isinstance(h, CosineClassifier) for h in heads]
+        self.cosine_heads = tuple(cosine)
+        self.weight = nn.Parameter(torch.stack([h.weight.detach().T if c else h.weight.detach()
+                                                for h, c in zip(heads, cosine)]))
+        if not all(cosine):
+            self.bias = nn.Parameter(torch.stack([torch.zeros_like(self.weight[0, :, 0]) if c else h.bias.detach()
+                                                  for h, c in zip(heads, cosine)]))
+        # [K, 1, 1]: picks each head's kind in the elementwise ops of a mixed pack; not state, split_state is told
+        self.register_buffer("mask", torch.tensor(cosine, device=self.weight.device).view(-1, 1, 1),
+                             persistent=False)
 
     def forward(self, z: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias.unsqueeze(1), z, self.weight.transpose(1, 2))
-
-
-class PackedCosine(nn.Module):
-    """K cosine heads (LDAM-DRW's): weight [K, 64, C]."""
-
-    def __init__(self, heads: Sequence[CosineClassifier]):
-        super().__init__()
-        self.weight = nn.Parameter(torch.stack([h.weight.detach() for h in heads]))
-
-    def forward(self, z: Tensor) -> Tensor:
-        return torch.bmm(F.normalize(z, dim=2), F.normalize(self.weight, dim=1))
+        if not any(self.cosine_heads):
+            return torch.baddbmm(self.bias.unsqueeze(1), z, self.weight.transpose(1, 2))
+        if all(self.cosine_heads):
+            return torch.bmm(F.normalize(z, dim=2), F.normalize(self.weight, dim=2).transpose(1, 2))
+        z = torch.where(self.mask, F.normalize(z, dim=2), z)
+        weight = torch.where(self.mask, F.normalize(self.weight, dim=2), self.weight)
+        return torch.baddbmm(self.bias.masked_fill(self.mask[:, 0], 0).unsqueeze(1), z, weight.transpose(1, 2))
 
 
 class PackedResNet(nn.Module):
@@ -111,8 +118,12 @@ class PackedResNet(nn.Module):
         self.k = len(models)
         self.conv1, self.bn1 = _packed_conv([m.conv1 for m in models]), _packed_bn([m.bn1 for m in models])
         self.layers = nn.Sequential(*(PackedBlock(blocks) for blocks in zip(*(m.layers for m in models))))
-        heads = [m.fc for m in models]
-        self.fc = PackedCosine(heads) if isinstance(heads[0], CosineClassifier) else PackedLinear(heads)
+        self.fc = PackedHead([m.fc for m in models])
+
+    @property
+    def cosine_heads(self) -> tuple[bool, ...]:
+        """Which seeds' heads are cosine (LDAM-DRW's), what `split_state` needs to be told."""
+        return self.fc.cosine_heads
 
     def features(self, x: Tensor) -> Tensor:
         """Every seed's 64-d feature z: [K, B, 64]."""
@@ -139,6 +150,10 @@ class OneSeed(nn.Module):
         """The model's head; it takes features with the seed dimension too ([1, B, 64])."""
         return self.model.fc
 
+    @property
+    def cosine_heads(self) -> tuple[bool, ...]:
+        return (isinstance(self.model.fc, CosineClassifier),)
+
     def features(self, x: Tensor) -> Tensor:
         return self.model.features(x).unsqueeze(0)
 
@@ -157,60 +172,97 @@ def _stacked(key: str) -> bool:
     return key.startswith("fc.") or key == RADII
 
 
-def _join(key: str, values: Sequence[Tensor]) -> Tensor:
-    """Returns the packed tensor of state `key` from the seeds' tensors."""
+def _join(key: str, values: Sequence[Optional[Tensor]], cosine: Sequence[bool]) -> Tensor:
+    """Returns the packed tensor of state `key` from the seeds' tensors (None: a cosine head's missing bias)."""
     if key.endswith("num_batches_tracked"):
         # BatchNorm's step count: one per pack, which BatchNorm with a momentum (ResNet-32's) never reads. It
         # differs between seeds only after stage 2's faithful reload of each seed's best epoch: the first's holds.
         return values[0]
+    if key == "fc.weight":
+        values = [v.T if c else v for v, c in zip(values, cosine, strict=True)]
+    elif key == "fc.bias":
+        values = [torch.zeros_like(next(v for v in values if v is not None)) if v is None else v for v in values]
     return (torch.stack if _stacked(key) else torch.cat)(list(values))
 
 
-def _split(key: str, value: Tensor, k: int) -> list[Tensor]:
-    """Returns the K seeds' tensors of state `key` held in a packed tensor (`_join` reversed)."""
+def _split(key: str, value: Tensor, cosine: Sequence[bool]) -> list[Optional[Tensor]]:
+    """Returns the seeds' tensors of state `key` held in a packed tensor (`_join` reversed), None for a cosine
+    head's bias, which its unpacked head has not."""
+    k = len(cosine)
     if key.endswith("num_batches_tracked"):
         return [value.detach().clone() for _ in range(k)]
-    return [part.detach().clone() for part in (value.unbind(0) if _stacked(key) else value.chunk(k))]
+    parts = value.unbind(0) if _stacked(key) else value.chunk(k)
+    if key == "fc.weight":
+        return [part.detach().T.clone(memory_format=torch.contiguous_format) if c else part.detach().clone()
+                for part, c in zip(parts, cosine)]
+    return [None if c and key == "fc.bias" else part.detach().clone() for part, c in zip(parts, cosine)]
 
 
 def join_states(states: Sequence[dict]) -> dict:
     """Returns the state dict of the packed model of K ResNet-32s from theirs (`packed_model`'s keys)."""
     if len(states) == 1:
         return {f"model.{key}": value for key, value in states[0].items()}
-    return {key: _join(key, [state[key] for state in states]) for key in states[0]}
+    cosine = ["fc.bias" not in state for state in states]  # a cosine head has no bias
+    keys = dict.fromkeys(key for state in states for key in state)  # the linear heads' bias, where any is
+    return {key: _join(key, [state.get(key) for state in states], cosine) for key in keys}
 
 
-def split_state(state: dict, k: int) -> list[dict]:
+def split_state(state: dict, cosine: Sequence[bool]) -> list[dict]:
     """Returns copies of the K ResNet-32 state dicts held in a packed model's state dict (`join_states`
-    reversed): later training steps cannot change them."""
-    if k == 1:
+    reversed): later training steps cannot change them. `cosine` says which seeds' heads are cosine (the
+    model's `cosine_heads`)."""
+    if len(cosine) == 1:
         return [{key.removeprefix("model."): value.detach().clone() for key, value in state.items()}]
-    parts = {key: _split(key, value, k) for key, value in state.items()}
-    return [{key: seed_parts[i] for key, seed_parts in parts.items()} for i in range(k)]
+    parts = {key: _split(key, value, cosine) for key, value in state.items()}
+    return [{key: seed_parts[i] for key, seed_parts in parts.items() if seed_parts[i] is not None}
+            for i in range(len(cosine))]
 
 
-def split_optimizer_state(state: dict, names: Sequence[str], k: int) -> list[dict]:
+def _seed_indices(names: Sequence[str], cosine: bool) -> list[int]:
+    """Returns the indices in an optimizer over packed parameters of those one seed's optimizer holds, in its
+    order: all but the bias where the seed's head is cosine."""
+    return [index for index, name in enumerate(names) if not (cosine and name == "fc.bias")]
+
+
+def split_optimizer_state(state: dict, names: Sequence[str], cosine: Sequence[bool]) -> list[dict]:
     """Returns the K optimizer state dicts (SGD's momentum buffers sliced per seed) of an optimizer over
-    packed parameters, `names` their state keys in the optimizer's order (`RADII` for stage 2's radii); each
-    as an optimizer over one seed's parameters holds it (the parameters' order is the same)."""
-    out: list[dict] = [{"state": {}, "param_groups": state["param_groups"]} for _ in range(k)]
+    packed parameters, `names` their state keys in the optimizer's order (`RADII` for stage 2's radii), and
+    `cosine` which seeds' heads are cosine; each as an optimizer over one seed's parameters holds it."""
+    k = len(cosine)
+    parts = {}
     for index, values in state["state"].items():
         buffer = values.get("momentum_buffer")
-        parts = [buffer] * k if buffer is None or k == 1 else _split(names[index], buffer, k)
-        for seed_state, part in zip(out, parts):
-            seed_state["state"][index] = {**values, "momentum_buffer": part}
+        parts[index] = [buffer] * k if buffer is None or k == 1 else _split(names[index], buffer, cosine)
+    out = []
+    for i in range(k):
+        renumber = {index: j for j, index in enumerate(_seed_indices(names, cosine[i]))}
+        groups = [{**group, "params": [renumber[p] for p in group["params"] if p in renumber]}
+                  for group in state["param_groups"]]
+        out.append({"state": {renumber[index]: {**values, "momentum_buffer": parts[index][i]}
+                              for index, values in state["state"].items() if index in renumber},
+                    "param_groups": groups})
     return out
 
 
-def join_optimizer_states(states: Sequence[dict], names: Sequence[str]) -> dict:
+def join_optimizer_states(states: Sequence[dict], names: Sequence[str], cosine: Sequence[bool]) -> dict:
     """Returns the optimizer state over packed parameters from its seeds' (`split_optimizer_state` reversed)."""
     if len(states) == 1:
         return states[0]
+    # per seed, its state of each packed index (None: a cosine head's bias, or no state yet)
+    seeds = [{index: state["state"].get(j) for j, index in enumerate(_seed_indices(names, c))}
+             for state, c in zip(states, cosine, strict=True)]
     joined = {}
-    for index, values in states[0]["state"].items():
-        buffers = [state["state"][index].get("momentum_buffer") for state in states]
-        joined[index] = {**values, "momentum_buffer": None if buffers[0] is None else _join(names[index], buffers)}
-    return {"state": joined, "param_groups": states[0]["param_groups"]}
+    for index, name in enumerate(names):
+        held = [seed.get(index) for seed in seeds]
+        values = next((v for v in held if v is not None), None)
+        if values is None:
+            continue
+        buffers = [v.get("momentum_buffer") if v is not None else None for v in held]
+        any_buffer = any(b is not None for b in buffers)
+        joined[index] = {**values, "momentum_buffer": _join(name, buffers, cosine) if any_buffer else None}
+    # the param groups of a seed that holds every parameter (a linear head's, or any when all are cosine)
+    full = next((state for state, c in zip(states, cosine) if not c), states[0])
+    return {"state": joined, "param_groups": full["param_groups"]}
 
 
 def parameter_names(model: nn.Module) -> list[str]:
@@ -218,9 +270,10 @@ def parameter_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters()]
 
 
-# The settings units of a pack may differ in, per stage: stage 2's faithful and clean modes differ only in the
-# loss's quirks and in which feature epoch the classifier restarts from, both kept per unit.
-PER_UNIT = {1: ("seed",), 2: ("seed", "mode")}
+# The settings units of a pack may differ in, per stage: stage 1's CE and LDAM-DRW differ in the head and the
+# loss, both kept per unit (LDAM-DRW's class weights start at its drw_start_epoch, a setting they share); stage
+# 2's faithful and clean modes in the loss's quirks and in which feature epoch the classifier restarts from.
+PER_UNIT = {1: ("seed", "method"), 2: ("seed", "mode")}
 # The data settings they may differ in: a stage-2 pass is as long at every rho with the class-aware sampler (the
 # head class keeps its count), and train_stage2_seeds refuses units whose passes differ.
 PER_UNIT_DATA = {1: (), 2: ("rho",)}
@@ -228,8 +281,8 @@ PER_UNIT_DATA = {1: (), 2: ("rho",)}
 
 def shared_settings(cfgs: Sequence[Any], per_unit: Sequence[str], datas: Optional[Sequence[Any]] = None) -> Any:
     """Returns the settings the units of a pack share (a stage config: the first unit's); raises ValueError
-    unless `per_unit` settings (seed, and in stage 2 mode) are all they differ in, and each unit differs (in
-    those, or in its data's rho: `datas`, as `unit_names` takes them)."""
+    unless `per_unit` settings (seed, and method in stage 1, mode in stage 2) are all they differ in, and each
+    unit differs (in those, or in its data's rho: `datas`, as `unit_names` takes them)."""
     if not cfgs:
         raise ValueError("no settings given: a pack trains at least one unit")
     for cfg in cfgs:

@@ -1,5 +1,5 @@
 """Stage 1: cross-entropy pre-training (SPEC §3), or the LDAM-DRW baseline (SPEC §3.1), of one unit or of
-several that differ only in their seed, packed into one model."""
+several that differ only in their seed and method, packed into one model."""
 from __future__ import annotations
 
 import math
@@ -48,21 +48,23 @@ def train_stage1(cfg: Stage1Config, data: LongTailData, device: torch.device,
 def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device: torch.device,
                        on_epoch: Optional[SeedCallback] = None,
                        resumes: Optional[Sequence[dict]] = None) -> list[StageResult]:
-    """Trains the stage 1 of units that differ only in their seed, packed into one model (drolt/packed.py;
-    one unit trains its own model, unpacked); returns their results in the order of `cfgs`.
+    """Trains the stage 1 of units that differ only in their seed and method (CE or LDAM-DRW), packed into one
+    model (drolt/packed.py; one unit trains its own model, unpacked); returns their results in the order of
+    `cfgs`.
 
-    Each seed draws its initialisation, sampling order and augmentation as it would alone. `on_epoch(i,
-    record, state)` gets seed i's record and state, the state of an unpacked stage 1: `resumes` takes such
-    states (one per seed, all after the same epoch), so a unit can resume packed or alone.
+    Each seed draws its initialisation, sampling order and augmentation as it would alone, and keeps its
+    method's head and loss. `on_epoch(i, record, state)` gets seed i's record and state, the state of an
+    unpacked stage 1: `resumes` takes such states (one per seed, all after the same epoch), so a unit can
+    resume packed or alone.
     """
     cfg = shared_settings(cfgs, PER_UNIT[1])
     unit_labels = unit_names(cfgs, PER_UNIT[1])  # how logs and errors name the units
-    k, ldam = len(cfgs), cfg.method == "ldam_drw"
+    k, ldam = len(cfgs), [c.method == "ldam_drw" for c in cfgs]
     datas = unit_data(data, k)  # every seed's, for the loops that take one per unit
     models = []
-    for seed_cfg in cfgs:
+    for seed_cfg, cosine in zip(cfgs, ldam):
         torch.manual_seed(seed_cfg.seed)  # model init
-        models.append(resnet32(data.num_classes, cosine_head=ldam))
+        models.append(resnet32(data.num_classes, cosine_head=cosine))
     model = packed_model(models).to(device)
     net = speed.prepare(model, cfg)
     step_net = speed.step_model(model, cfg)
@@ -70,7 +72,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     names = parameter_names(model)  # the optimizer's parameters, to split its state per seed
     samplers = [ShuffledEpochs(len(data.train_labels), c.seed) for c in cfgs]
     aug_gens = [device_generator(device, c.seed) for c in cfgs]
-    margins = ldam_margins(data.class_counts).to(device) if ldam else None
+    margins = ldam_margins(data.class_counts).to(device) if any(ldam) else None
     augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches,))
 
     def train_step(x: Tensor, y: Tensor, weights: Optional[Tensor]) -> Tensor:
@@ -78,7 +80,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
         # another, and autocast casts the weights anew in every replay instead of caching the casts.
         with speed.autocast(device, cfg.precision, cache=not cfg.graph_step):
             _, logits = (step_net if cfg.graph_step else net)(x)
-            losses = torch.stack([ldam_loss(logits[i], y[i], margins, weights=weights) if ldam
+            losses = torch.stack([ldam_loss(logits[i], y[i], margins, weights=weights) if ldam[i]
                                   else F.cross_entropy(logits[i], y[i]) for i in range(k)])
         optimizer.zero_grad(set_to_none=True)  # in a recording: the gradients live in the graph's memory
         losses.sum().backward()  # each seed's loss reaches its own weights only: its own gradient
@@ -91,7 +93,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     if resumes is not None:
         start = resume_epoch(resumes)
         model.load_state_dict(join_states([r["model"] for r in resumes]))
-        speed.load_optimizer_state(optimizer, join_optimizer_states([r["optimizer"] for r in resumes], names))
+        speed.load_optimizer_state(optimizer, join_optimizer_states([r["optimizer"] for r in resumes], names, ldam))
         for sampler, gen, resume in zip(samplers, aug_gens, resumes):
             sampler.load_state_dict(resume["sampler"])
             gen.set_state(resume["aug_gen"])
@@ -101,7 +103,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = set_lr(optimizer, lr_at(cfg, epoch))
-        weights = drw_weights(data.class_counts, epoch, cfg.drw_start_epoch) if ldam else None
+        weights = drw_weights(data.class_counts, epoch, cfg.drw_start_epoch) if any(ldam) else None
         weights = weights.to(device) if weights is not None else None
         model.train()
         # Summed on the device and read once per epoch: a .item() per batch would sync the GPU every step.
@@ -116,8 +118,8 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
 
         reports = evaluate_seeds(model, net, datas, cfg, ncm=ncm_epoch(cfg, epoch))
         epoch_time = time.perf_counter() - t0
-        states = split_state(model.state_dict(), k)
-        optimizer_states = split_optimizer_state(optimizer.state_dict(), names, k) if on_epoch else [None] * k
+        states = split_state(model.state_dict(), ldam)
+        optimizer_states = split_optimizer_state(optimizer.state_dict(), names, ldam) if on_epoch else [None] * k
         for i, (history, report, state) in enumerate(zip(histories, reports, states)):
             record = {"stage": 1, "epoch": epoch, "lr": lr, "train_loss": train_losses[i], **report,
                       # a pack trains every seed's n images in this time
@@ -130,7 +132,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
                                      "optimizer": optimizer_states[i], "sampler": samplers[i].state_dict(),
                                      "aug_gen": aug_gens[i].get_state(), "history": history, "best": bests[i]})
 
-    last_states = split_state(model.state_dict(), k)
+    last_states = split_state(model.state_dict(), ldam)
     if any(math.isnan(best["record"]["ncm_top1"]) for best in bests):
         # ncm_every skipped a best epoch's NCM: evaluated now from its weights, as it would have been then
         # (a best kept in a resume state was read to the CPU, one found since lies on the device)

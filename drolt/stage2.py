@@ -79,6 +79,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequen
     for seed_model, state in zip(models, stage1_states):
         seed_model.load_state_dict(state)
     model = packed_model(models).to(device)
+    heads = model.cosine_heads  # how split_state splits the state (all CE's linear heads in stage 2)
     net = speed.prepare(model, cfg)
     step_net = speed.step_model(model, cfg)
     # learned radii, one per class and seed ([C] for one seed, as an unpacked stage 2 keeps them)
@@ -128,9 +129,9 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequen
         with torch.no_grad():
             eps.copy_(resumes[0]["eps"] if k == 1 else torch.stack([r["eps"] for r in resumes]))
         speed.load_optimizer_state(opt_features, join_optimizer_states([r["opt_features"] for r in resumes],
-                                                                       feature_names))
+                                                                       feature_names, heads))
         speed.load_optimizer_state(opt_classifier, join_optimizer_states([r["opt_classifier"] for r in resumes],
-                                                                         classifier_names))
+                                                                         classifier_names, heads))
         for sampler, gen, resume in zip(samplers, aug_gens, resumes):
             sampler.load_state_dict(resume["sampler"])
             gen.set_state(resume["aug_gen"])
@@ -146,7 +147,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequen
             # QUIRK (faithful): the classifier is re-trained on the feature epoch chosen by test NCM accuracy.
             # The reference's checkpoint holds the model alone: the radii stay as the last feature epoch left them.
             # A clean unit packed beside faithful ones goes on from its last feature epoch.
-            now = split_state(model.state_dict(), k) if not all(reload) else [None] * k
+            now = split_state(model.state_dict(), heads) if not all(reload) else [None] * k
             model.load_state_dict(join_states([{key: value.to(device) for key, value in best["model"].items()}
                                                if again else state
                                                for again, best, state in zip(reload, best_features, now)]))
@@ -170,8 +171,8 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequen
 
         reports = evaluate_seeds(model, net, datas, cfg)
         epoch_time = time.perf_counter() - t0
-        states = split_state(model.state_dict(), k)
-        opt_states = [split_optimizer_state(opt.state_dict(), names, k) if on_epoch else [None] * k
+        states = split_state(model.state_dict(), heads)
+        opt_states = [split_optimizer_state(opt.state_dict(), names, heads) if on_epoch else [None] * k
                       for opt, names in ((opt_features, feature_names), (opt_classifier, classifier_names))]
         for i, (history, report, state) in enumerate(zip(histories, reports, states)):
             record = {"stage": 2, "epoch": epoch, "phase": "feature" if feature_phase else "classifier",
@@ -194,7 +195,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequen
     # classifier epochs it is the feature epoch with the best test NCM accuracy.
     results = []
     for unit_cfg, history, features_best, classifier_best, last_state in zip(
-            cfgs, histories, best_features, best_classifier, split_state(model.state_dict(), k)):
+            cfgs, histories, best_features, best_classifier, split_state(model.state_dict(), heads)):
         best = classifier_best or features_best
         results.append(StageResult(history=history, last=history[-1], best=best["record"],
                                    selected="best" if unit_cfg.mode == "faithful" else "last",

@@ -148,11 +148,11 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path],
              data: LongTailData | Sequence[LongTailData], device: torch.device, log: Log,
              report: Optional[Callable[[int, dict], None]] = None,
              stage1_weights: Optional[Sequence[dict]] = None) -> list[Optional[dict]]:
-    """Runs one stage of units that differ only in their seed (stage 2: and mode, rho, and the stage 1 each
-    starts from, `stage1_weights`), packed into one model (`train_stage1_seeds`, `train_stage2_seeds`), each into
-    its own folder exactly as `run_stage` would; returns their result.json contents in order, None for a unit
-    whose training diverged (its error.json says so; the others go on without it). `data` is the units' data
-    set, or one per unit.
+    """Runs one stage of units that differ only in their seed (stage 1: and method; stage 2: and mode, rho, and
+    the stage 1 each starts from, `stage1_weights`), packed into one model (`train_stage1_seeds`,
+    `train_stage2_seeds`), each into its own folder exactly as `run_stage` would; returns their result.json
+    contents in order, None for a unit whose training diverged (its error.json says so; the others go on
+    without it). `data` is the units' data set, or one per unit.
 
     Done units are skipped, and so are units that diverged in an earlier attempt of this run (`diverged`:
     they would only diverge again; `drolt run` clears error.json before a run, so a trial Ray retries finds

@@ -36,9 +36,9 @@ GRID_KEYS = {
     "resources": "per trial: {cpus: number > 0, gpus: number in [0, 1] or a whole number}",
     "allow_cpu_fallback": "bool: run on CPU when the grid asks for GPUs and the cluster has none",
     "max_failures": "int >= 0: retries of a trial whose process dies",
-    "pack_seeds": "int >= 1: units of a stage that differ only in their seed (stage 2: or DRO-LT mode, or with "
-                  "the class-aware sampler rho) train up to this many per trial, packed into one model (wider GPU "
-                  "kernels; 1: each alone)",
+    "pack_seeds": "int >= 1: units of a stage that differ only in their seed (stage 1: or method; stage 2: or "
+                  "DRO-LT mode, or with the class-aware sampler rho) train up to this many per trial, packed into "
+                  "one model (wider GPU kernels; 1: each alone)",
 }
 METHOD_KEYS = ("name", "mode", "stage1", "stage2", "label")
 # The labels methods get by default, which stand for the published numbers, and the names tables print.
@@ -102,7 +102,8 @@ class Grid:
     gpus: float = 0.0
     allow_cpu_fallback: bool = False
     max_failures: int = 2
-    pack_seeds: int = 1             # units per trial when they differ only in their seed (stage 2: or mode, rho)
+    pack_seeds: int = 1             # units per trial when they differ only in their seed (stage 1: or method;
+                                    # stage 2: or mode, rho)
                                     # (harness.plan.packs says which)
     results: Path = Path("results")   # tables and figures of this grid: <results folder>/<name>/
 

@@ -13,10 +13,11 @@ from .storage import UnitState, read_state
 
 
 def packs(units: list[Unit], size: int) -> list[list[Unit]]:
-    """Returns the units as trials: units of one stage that differ only in their seed (stage 2: and in their
-    mode, and so in the stage-1 unit and weights each starts from, and with the class-aware sampler in their
-    rho) in packs of at most `size`: the fewest packs, their sizes evened out, each a run of the units in the
-    grid's order (so when none of a group's units is done, a pack of a cell's size holds one cell)."""
+    """Returns the units as trials: units of one stage that differ only in their seed (stage 1: and in their
+    method, CE or LDAM-DRW; stage 2: and in their mode, and so in the stage-1 unit and weights each starts
+    from, and with the class-aware sampler in their rho) in packs of at most `size`: the fewest packs, their
+    sizes evened out, each a run of the units in the grid's order (so when none of a group's units is done, a
+    pack of a cell's size holds one cell)."""
     groups: dict[str, list[Unit]] = {}
     for unit in units:
         key = unit.id if size == 1 else json.dumps(_shared(unit), sort_keys=True)
@@ -32,9 +33,10 @@ def packs(units: list[Unit], size: int) -> list[list[Unit]]:
 
 def _shared(unit: Unit) -> dict:
     """A unit's settings without what may differ within a pack (drolt.packed.PER_UNIT, PER_UNIT_DATA): its seed
-    and, in stage 2, its mode with what follows from it (the handoff) and its stage-1 unit, and its rho where its
-    passes are as long at every rho (the class-aware sampler's)."""
-    out = {key: value for key, value in unit.settings.items() if key not in ("stage1_unit", "handoff")}
+    and, in stage 1, its method; in stage 2, its mode with what follows from it (the handoff) and its stage-1
+    unit, and its rho where its passes are as long at every rho (the class-aware sampler's)."""
+    own = ("stage1_unit", "handoff", *(["method"] if "method" in PER_UNIT[unit.stage] else []))
+    out = {key: value for key, value in unit.settings.items() if key not in own}
     for stage in ("stage1", "stage2"):
         if stage in out:
             out[stage] = {key: value for key, value in out[stage].items() if key not in PER_UNIT[int(stage[-1])]}
@@ -66,9 +68,9 @@ class Plan:
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
             lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
         if self.grid.pack_seeds > 1 and (todo := self.todo(1) + self.todo(2)):
-            lines.append(f"  units that differ only in their seed (stage 2: or mode, or rho with the class-aware "
-                         f"sampler) train packed, up to {self.grid.pack_seeds} per trial (pack_seeds): {len(todo)} "
-                         f"to run in {len(packs(todo, self.grid.pack_seeds))} trial(s)")
+            lines.append(f"  units that differ only in their seed (stage 1: or method; stage 2: or mode, or rho "
+                         f"with the class-aware sampler) train packed, up to {self.grid.pack_seeds} per trial "
+                         f"(pack_seeds): {len(todo)} to run in {len(packs(todo, self.grid.pack_seeds))} trial(s)")
         configs = {u.id: u.config() for u in self.units.values()}
         warnings = {w for u in self.units.values() if u.stage == 1 for w in configs[u.id].stage1.warnings()}
         # the run would stop at its start for want of data: said now, not after the plan looked fine

@@ -405,18 +405,16 @@ def test_the_paper_grid_is_valid_and_runs_the_published_grid():
         config = unit.config()
         stage = config.stage1 if unit.stage == 1 else config.stage2
         assert stage.graph_step and stage.fused_sgd and stage.precision == "bf16"
-    # The measured packing (results/benchmarks/h100_grid_estimate.txt): two trials per GPU; a cell's 3 seeds
-    # of CE and of LDAM-DRW are one stage-1 trial each, its 3 seeds in both DRO-LT modes one stage-2 trial.
+    # Two trials per GPU (results/benchmarks/h100_grid_estimate.txt); a cell's 3 seeds of CE and of LDAM-DRW
+    # are one stage-1 trial, its 3 seeds in both DRO-LT modes one stage-2 trial.
     assert (grid.cpus, grid.gpus) == (2, 0.5)
     trials = packs(list(units.values()), grid.pack_seeds)
-    assert sorted((pack[0].stage, len(pack)) for pack in trials) == [(1, 3)] * 12 + [(2, 6)] * 6
+    assert sorted((pack[0].stage, len(pack)) for pack in trials) == [(1, 6)] * 6 + [(2, 6)] * 6
     for pack in trials:
-        if pack[0].stage == 1:
-            assert sorted(u.config().stage1.seed for u in pack) == [0, 1, 2]
-        else:
-            assert {(u.config().stage2.seed, u.config().stage2.mode) for u in pack} == \
-                {(seed, mode) for seed in (0, 1, 2) for mode in ("faithful", "clean")}
-            assert len({(u.config().data.dataset, u.config().data.rho) for u in pack}) == 1  # one cell
+        stage = [u.config().stage1 if pack[0].stage == 1 else u.config().stage2 for u in pack]
+        other = ("method", ("ce", "ldam_drw")) if pack[0].stage == 1 else ("mode", ("faithful", "clean"))
+        assert {(s.seed, getattr(s, other[0])) for s in stage} == {(seed, o) for seed in (0, 1, 2) for o in other[1]}
+        assert len({(u.config().data.dataset, u.config().data.rho) for u in pack}) == 1  # one cell
 
 
 def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path):
@@ -446,11 +444,15 @@ def test_seeds_pack_only_with_units_of_the_same_other_settings_and_in_even_packs
     units = list(_units(grid).values())
     trials = packs(units, grid.pack_seeds)
     stage1 = [pack for pack in trials if pack[0].stage == 1]
-    assert sorted(len(pack) for pack in stage1) == [2, 2, 2, 2, 3, 3, 3, 3]  # 5 seeds of 4 settings: 3 + 2 each
+    # 5 seeds of CE and of LDAM-DRW at each of 2 rhos: 10 units per rho, in packs of 3, 3, 2, 2
+    assert sorted(len(pack) for pack in stage1) == [2, 2, 2, 2, 3, 3, 3, 3]
     for pack in stage1:
-        settings = {json.dumps({**u.settings, "stage1": {k: v for k, v in u.settings["stage1"].items() if k != "seed"}},
-                               sort_keys=True) for u in pack}
-        assert len(settings) == 1 and len({u.settings["stage1"]["seed"] for u in pack}) == len(pack)
+        own = ("seed", "method")
+        shared = [{**u.settings, "method": None, "stage1": {k: v for k, v in u.settings["stage1"].items()
+                                                            if k not in own}} for u in pack]
+        settings = {json.dumps(setting, sort_keys=True) for setting in shared}
+        assert len(settings) == 1 and len({tuple(u.settings["stage1"][k] for k in own) for u in pack}) == len(pack)
+    assert any(len({u.settings["method"] for u in pack}) == 2 for pack in stage1)  # CE and LDAM-DRW side by side
 
     def unit_of(u):
         return u.settings["stage2"]["seed"], u.settings["stage2"]["mode"], u.settings["data"]["rho"]

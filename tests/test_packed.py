@@ -56,10 +56,10 @@ def float64(monkeypatch):
     torch.set_default_dtype(default)
 
 
-@pytest.mark.parametrize("cosine", [False, True])
+@pytest.mark.parametrize("cosine", [(False,) * 3, (True,) * 3, (True, False, True)], ids=["ce", "ldam", "mixed"])
 def test_packed_model_computes_what_the_separate_models_compute(cosine):
     torch.manual_seed(0)
-    models = [resnet32(10, cosine_head=cosine).double() for _ in range(3)]
+    models = [resnet32(10, cosine_head=c).double() for c in cosine]
     with torch.no_grad():  # each seed's BatchNorms their own statistics, so a mixed-up seed order would show
         for bn in (m for model in models for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
@@ -74,45 +74,52 @@ def test_packed_model_computes_what_the_separate_models_compute(cosine):
             zi, li = model(x[i])
             torch.testing.assert_close(z[i], zi, rtol=0, atol=1e-10)
             torch.testing.assert_close(logits[i], li, rtol=0, atol=1e-10)
-    for got, want in zip(split_state(packed.state_dict(), 3), (m.state_dict() for m in models)):
+    for got, want in zip(split_state(packed.state_dict(), cosine), (m.state_dict() for m in models)):
         assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], rtol=0, atol=1e-10) for k in want)
 
 
-def test_states_split_into_what_a_resnet32_loads_and_join_back():
+@pytest.mark.parametrize("cosine", [(False, False), (True, True), (False, True, False)], ids=["ce", "ldam", "mixed"])
+def test_states_split_into_what_a_resnet32_loads_and_join_back(cosine):
     torch.manual_seed(0)
-    models = [resnet32(10) for _ in range(2)]
+    models = [resnet32(10, cosine_head=c) for c in cosine]
     packed = packed_model(models)
     opt = torch.optim.SGD(packed.parameters(), lr=0.1, momentum=0.9)
-    _, logits = packed(pack(torch.randn(2, 4, 3, 32, 32)))
+    _, logits = packed(pack(torch.randn(len(cosine), 4, 3, 32, 32)))
     logits.sum().backward()
     opt.step()
-    seed_states = split_state(packed.state_dict(), 2)
-    for state in seed_states:
-        resnet32(10).load_state_dict(state)  # an unpacked unit (or stage 2) takes a packed seed's weights
+    seed_states = split_state(packed.state_dict(), packed.cosine_heads)
+    opt_states = split_optimizer_state(opt.state_dict(), parameter_names(packed), packed.cosine_heads)
+    for c, state, opt_state in zip(cosine, seed_states, opt_states):
+        alone = resnet32(10, cosine_head=c)
+        alone.load_state_dict(state)  # an unpacked unit (or stage 2) takes a packed seed's weights
+        alone_opt = torch.optim.SGD(alone.parameters(), lr=0.1, momentum=0.9)
+        alone_opt.load_state_dict(opt_state)  # the format of its own optimizer, momentum shaped as its weights
+        assert all(alone_opt.state[p]["momentum_buffer"].shape == p.shape for p in alone.parameters())
     joined = join_states(seed_states)
+    assert joined.keys() == packed.state_dict().keys()
     assert all(torch.equal(joined[k], v) for k, v in packed.state_dict().items())
-    opt_states = split_optimizer_state(opt.state_dict(), parameter_names(packed), 2)
-    alone = torch.optim.SGD(resnet32(10).parameters(), lr=0.1, momentum=0.9)
-    alone.load_state_dict(opt_states[1])  # the format of one ResNet-32's optimizer
-    back = join_optimizer_states(opt_states, parameter_names(packed))
+    back = join_optimizer_states(opt_states, parameter_names(packed), packed.cosine_heads)
+    assert back["state"].keys() == opt.state_dict()["state"].keys()
     assert all(torch.equal(back["state"][i]["momentum_buffer"], s["momentum_buffer"])
                for i, s in opt.state_dict()["state"].items())
     one = packed_model(models[:1])  # a pack of one is the model itself, its keys unchanged once split
-    assert split_state(one.state_dict(), 1)[0].keys() == models[0].state_dict().keys()
+    assert split_state(one.state_dict(), one.cosine_heads)[0].keys() == models[0].state_dict().keys()
 
 
-@pytest.mark.parametrize("method", ["ce", "ldam_drw"])
-def test_packed_seeds_train_exactly_as_each_seed_alone_in_float64(smaller, float64, method):
-    cfg = s1(method=method, drw_start_epoch=1, batch_size=16)
-    packed = train_stage1_seeds(seeds(cfg, 0, 1), smaller, CPU)
-    for seed, result in zip((0, 1), packed):
-        alone = train_stage1(dataclasses.replace(cfg, seed=seed), smaller, CPU)
+@pytest.mark.parametrize("methods", [("ce", "ce"), ("ldam_drw", "ldam_drw"), ("ldam_drw", "ce")],
+                         ids=["ce", "ldam_drw", "mixed"])
+def test_packed_units_train_exactly_as_each_unit_alone_in_float64(smaller, float64, methods):
+    cfgs = [s1(method=method, seed=seed, drw_start_epoch=1, batch_size=16) for seed, method in enumerate(methods)]
+    packed = train_stage1_seeds(cfgs, smaller, CPU)
+    for cfg, result in zip(cfgs, packed):
+        alone = train_stage1(cfg, smaller, CPU)
         for a, p in zip(alone.history, result.history):
             assert (a["train_loss"], a["top1"], a["ncm_top1"]) == pytest.approx(
                 (p["train_loss"], p["top1"], p["ncm_top1"]), rel=1e-9)
+        assert alone.last_state.keys() == result.last_state.keys()  # each unit its own method's head
         assert all(torch.allclose(alone.last_state[k], result.last_state[k], rtol=0, atol=1e-9)
                    for k in alone.last_state)
-    assert packed[0].history[-1]["train_loss"] != packed[1].history[-1]["train_loss"]  # two seeds, two runs
+    assert packed[0].history[-1]["train_loss"] != packed[1].history[-1]["train_loss"]  # two units, two runs
 
 
 def test_packed_seeds_in_float32_stay_within_rounding_of_each_seed_alone(tiny):
@@ -122,12 +129,13 @@ def test_packed_seeds_in_float32_stay_within_rounding_of_each_seed_alone(tiny):
         assert result.last["train_loss"] == pytest.approx(alone.last["train_loss"], rel=1e-4)
 
 
-def test_a_pack_resumed_after_an_epoch_gives_the_same_numbers_as_uninterrupted(tiny):
-    cfg = s1(epochs=3)
+@pytest.mark.parametrize("methods", [("ce", "ce"), ("ce", "ldam_drw")], ids=["ce", "mixed"])
+def test_a_pack_resumed_after_an_epoch_gives_the_same_numbers_as_uninterrupted(tiny, methods):
+    cfgs = [s1(epochs=3, method=method, seed=seed, drw_start_epoch=2) for seed, method in enumerate(methods)]
     states = {}
-    full = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU, on_epoch=lambda i, record, state: states.setdefault(
+    full = train_stage1_seeds(cfgs, tiny, CPU, on_epoch=lambda i, record, state: states.setdefault(
         (i, state["epoch"]), copy.deepcopy(state)))
-    resumed = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU, resumes=[states[(0, 1)], states[(1, 1)]])
+    resumed = train_stage1_seeds(cfgs, tiny, CPU, resumes=[states[(0, 1)], states[(1, 1)]])
     for a, b in zip(full, resumed):
         assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
         assert all(torch.equal(a.last_state[k], b.last_state[k]) for k in a.last_state)

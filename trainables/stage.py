@@ -43,8 +43,8 @@ def _metrics(record: dict) -> dict:
 
 
 def train_units(config: dict) -> None:
-    """Runs one unit, or a stage of units that differ only in their seed (stage 2: or mode, or rho; harness.plan
-    .packs says which) packed into one model, into <storage>/<unit id>/ each.
+    """Runs one unit, or a stage of units that differ only in their seed (stage 1: or method; stage 2: or mode,
+    or rho; harness.plan.packs says which) packed into one model, into <storage>/<unit id>/ each.
 
     config = {"units": [{"id", "stage", "settings", "depends_on", "drolt": the settings drolt takes (method,
     data, stage1[, stage2])}, ...], "storage": absolute path of the storage folder}. Each report carries
