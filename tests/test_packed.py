@@ -292,17 +292,19 @@ def _losses(results, key):
     return [[None if record[key] != record[key] else record[key] for record in result.history] for result in results]
 
 
-@pytest.mark.parametrize("method", ["ce", "ldam_drw"])
-def test_packed_stage_1_under_graph_step_gives_the_eager_packs_records(tiny, fake_cuda_graphs, method):
+@pytest.mark.parametrize("methods", [("ce", "ce"), ("ldam_drw", "ldam_drw"), ("ce", "ldam_drw")],
+                         ids=["ce", "ldam_drw", "mixed"])
+def test_packed_stage_1_under_graph_step_gives_the_eager_packs_records(tiny, fake_cuda_graphs, methods):
     # Stand-in graphs rerun the recorded packed step on its input buffers: a packed batch or the seeds' labels
     # not copied in would train every replay on the recording's batch. A recording per learning rate of the
     # warm-up (2), and LDAM-DRW's another when its class weights appear.
-    cfg = s1(method=method, epochs=3, warmup_epochs=2, drw_start_epoch=2)
-    eager = train_stage1_seeds(seeds(cfg, 0, 1), tiny, CPU)
-    graphed = train_stage1_seeds(seeds(dataclasses.replace(cfg, graph_step=True), 0, 1), tiny, CPU)
+    cfgs = [s1(method=method, seed=seed, epochs=3, warmup_epochs=2, drw_start_epoch=2)
+            for seed, method in enumerate(methods)]
+    eager = train_stage1_seeds(cfgs, tiny, CPU)
+    graphed = train_stage1_seeds([dataclasses.replace(cfg, graph_step=True) for cfg in cfgs], tiny, CPU)
     for key in ("train_loss", "top1", "ncm_top1"):
         assert _losses(graphed, key) == _losses(eager, key)
-    assert len(fake_cuda_graphs) == (3 if method == "ldam_drw" else 2)
+    assert len(fake_cuda_graphs) == (3 if "ldam_drw" in methods else 2)
     assert all(g.replays > 0 for g in fake_cuda_graphs)
 
 
