@@ -7,6 +7,7 @@ on is a speed choice, not a change of method.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import TYPE_CHECKING, Any, Callable, Collection, ContextManager, Hashable, Optional
 
 import torch
@@ -164,6 +165,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Loads a saved optimizer state (momentum buffers, learning rates) but keeps this run's choice of fused
     or not: a saved state brings its own, made by a run whose speed settings may have differed."""
     fused = [group.get("fused") for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
+    # a copy: torch keeps the given momentum tensors where their device and dtype fit, and the steps update
+    # them in place, which would change the caller's state
+    optimizer.load_state_dict(copy.deepcopy(state))
     for group, was in zip(optimizer.param_groups, fused):
         group["fused"] = was

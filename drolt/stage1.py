@@ -2,6 +2,7 @@
 several that differ only in their seed and method, packed into one model."""
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Callable, Optional, Sequence
@@ -97,7 +98,8 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
         for sampler, gen, resume in zip(samplers, aug_gens, resumes):
             sampler.load_state_dict(resume["sampler"])
             gen.set_state(resume["aug_gen"])
-        histories, bests = [r["history"] for r in resumes], [r["best"] for r in resumes]
+        # copies: the loop extends them, and one state may be resumed from more than once
+        histories, bests = copy.deepcopy([r["history"] for r in resumes]), copy.deepcopy([r["best"] for r in resumes])
 
     n = len(data.train_labels)
     for epoch in range(start, cfg.epochs):

@@ -6,6 +6,7 @@ of the un-augmented LT training set and (4) the test metrics with NCM.
 """
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable, Optional, Sequence, Sized
 
@@ -135,9 +136,10 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequen
         for sampler, gen, resume in zip(samplers, aug_gens, resumes):
             sampler.load_state_dict(resume["sampler"])
             gen.set_state(resume["aug_gen"])
-        histories = [r["history"] for r in resumes]
-        best_features = [r["best_features"] for r in resumes]
-        best_classifier = [r["best_classifier"] for r in resumes]
+        # copies: the loop extends them, and one state may be resumed from more than once
+        histories = copy.deepcopy([r["history"] for r in resumes])
+        best_features = copy.deepcopy([r["best_features"] for r in resumes])
+        best_classifier = copy.deepcopy([r["best_classifier"] for r in resumes])
 
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()

@@ -144,6 +144,18 @@ def test_stage1_resumed_after_epoch_k_gives_the_same_numbers_as_uninterrupted(ti
     assert all(torch.equal(full.model_state[k], resumed.model_state[k]) for k in full.model_state)
 
 
+def test_a_state_in_memory_resumes_twice_to_the_same_run_and_stays_as_given(tiny, stage1_weights):
+    # e.g. two branches from one checkpoint: the second must not see the first one's epochs
+    for train, args in ((train_stage1, (s1(epochs=3), tiny)), (train_stage2, (s2(), tiny, stage1_weights))):
+        _, states = _run_with_states(train, *args, CPU)
+        state = states[0]
+        first, second = (train(*args, CPU, resume=state) for _ in range(2))
+        assert len(state["history"]) == 1
+        assert [r["epoch"] for r in second.history] == list(range(len(first.history)))
+        for ra, rb in zip(_strip_times(first.history), _strip_times(second.history), strict=True):
+            _same(ra, rb)
+
+
 @pytest.mark.parametrize("mode", ["faithful", "clean"])
 def test_stage2_resumed_across_phase_boundary_gives_the_same_numbers(tiny, stage1_weights, mode):
     cfg = s2(mode=mode)
