@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .model import BasicBlock, CosineClassifier, ResNetCifar
 
 RADII = "eps"  # the state key of stage 2's learned radii in a packed optimizer's `names`
+HEAD_WEIGHT, HEAD_BIAS = "fc.weight", "fc.bias"  # the classifier's state keys, packed or not
 
 
 def pack(x: Tensor) -> Tensor:
@@ -178,9 +179,9 @@ def _join(key: str, values: Sequence[Optional[Tensor]], cosine: Sequence[bool]) 
         # BatchNorm's step count: one per pack, which BatchNorm with a momentum (ResNet-32's) never reads. It
         # differs between seeds only after stage 2's faithful reload of each seed's best epoch: the first's holds.
         return values[0]
-    if key == "fc.weight":
+    if key == HEAD_WEIGHT:
         values = [v.T if c else v for v, c in zip(values, cosine, strict=True)]
-    elif key == "fc.bias":
+    elif key == HEAD_BIAS:
         values = [torch.zeros_like(next(v for v in values if v is not None)) if v is None else v for v in values]
     return (torch.stack if _stacked(key) else torch.cat)(list(values))
 
@@ -192,17 +193,17 @@ def _split(key: str, value: Tensor, cosine: Sequence[bool]) -> list[Optional[Ten
     if key.endswith("num_batches_tracked"):
         return [value.detach().clone() for _ in range(k)]
     parts = value.unbind(0) if _stacked(key) else value.chunk(k)
-    if key == "fc.weight":
+    if key == HEAD_WEIGHT:
         return [part.detach().T.clone(memory_format=torch.contiguous_format) if c else part.detach().clone()
                 for part, c in zip(parts, cosine)]
-    return [None if c and key == "fc.bias" else part.detach().clone() for part, c in zip(parts, cosine)]
+    return [None if c and key == HEAD_BIAS else part.detach().clone() for part, c in zip(parts, cosine)]
 
 
 def join_states(states: Sequence[dict]) -> dict:
     """Returns the state dict of the packed model of K ResNet-32s from theirs (`packed_model`'s keys)."""
     if len(states) == 1:
         return {f"model.{key}": value for key, value in states[0].items()}
-    cosine = ["fc.bias" not in state for state in states]  # a cosine head has no bias
+    cosine = [HEAD_BIAS not in state for state in states]  # a cosine head has no bias
     keys = dict.fromkeys(key for state in states for key in state)  # the linear heads' bias, where any is
     return {key: _join(key, [state.get(key) for state in states], cosine) for key in keys}
 
@@ -221,7 +222,7 @@ def split_state(state: dict, cosine: Sequence[bool]) -> list[dict]:
 def _seed_indices(names: Sequence[str], cosine: bool) -> list[int]:
     """Returns the indices in an optimizer over packed parameters of those one seed's optimizer holds, in its
     order: all but the bias where the seed's head is cosine."""
-    return [index for index, name in enumerate(names) if not (cosine and name == "fc.bias")]
+    return [index for index, name in enumerate(names) if not (cosine and name == HEAD_BIAS)]
 
 
 def split_optimizer_state(state: dict, names: Sequence[str], cosine: Sequence[bool]) -> list[dict]:
