@@ -155,10 +155,10 @@ def run_pack(stage: int, units: Sequence[UnitConfig], folders: Sequence[Path],
     without it). `data` is the units' data set, or one per unit.
 
     Done units are skipped, and so are units that diverged in an earlier attempt of this run (`diverged`:
-    they would only diverge again; `drolt run` clears error.json before a run, so a trial Ray retries finds
-    only the ones its earlier attempts wrote). The others resume from their folders: seeds behind train packed until
-    they reach the next ones' epoch, then on together. `report(i, record)` is called with unit i's records as
-    `run_stage`'s `report` is.
+    they would only diverge again; `drolt run` clears error.json before a run, and a trial Ray retries clears
+    every other error its earlier attempts wrote). The others resume from their folders: seeds behind train
+    packed until they reach the next ones' epoch, then on together. `report(i, record)` is called with unit
+    i's records as `run_stage`'s `report` is.
     """
     own = PER_UNIT_DATA[stage]
     if any(dataclasses.replace(unit.data, **{key: getattr(units[0].data, key) for key in own}) != units[0].data
@@ -352,6 +352,15 @@ def record_failure(folder: Path, err: BaseException, epoch: Optional[int] = None
     """Writes error.json: the exception, the epoch reached and the traceback."""
     write_json(folder / "error.json", {"type": type(err).__name__, "message": str(err), "epochs_done": epoch,
                                        "traceback": traceback.format_exception(err)})
+
+
+def recorded_failure(folder: Path) -> Optional[str]:
+    """Returns the failure error.json records ("OSError: ..."), None where there is none or it is unreadable."""
+    try:
+        error = read_json(folder / "error.json")
+        return f"{error['type']}: {error['message']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def stage1_handoff(folder: Path, cfg: Stage1Config) -> Path:

@@ -7,7 +7,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from drolt.unit import diverged, epochs_done
+from drolt.unit import diverged, epochs_done, recorded_failure
 
 from .grid import Unit
 from .storage import is_done
@@ -71,8 +71,9 @@ class GridProgress(Callback):
             if is_done(self.storage, unit.id) or diverged(self.storage / unit.id):  # its pack's process died after it
                 self.running.discard(unit.id)
                 continue
+            why = recorded_failure(self.storage / unit.id) or "its process died"
             self.log(f"[{_duration(time.time() - self.started)}] retry  {unit.id} {unit.label} "
-                     "(its process died; it resumes from its last epoch)")
+                     f"({why}; it resumes from its last epoch)")
 
     def _finish(self, unit: Unit, ok: bool) -> None:
         self.running.discard(unit.id)

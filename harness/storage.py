@@ -5,8 +5,8 @@
   state.pt        resume point, rewritten atomically after every epoch
   metrics.jsonl   one record per finished epoch
   model_best.pt, model_last.pt, result.json, done     written at the end; `done` last
-  error.json      why the last attempt failed (removed when a `drolt run` starts the unit again; a trial Ray
-                  retries keeps its earlier attempt's)
+  error.json      why the last attempt failed (removed when a `drolt run` starts the unit again, and when Ray
+                  retries its trial, unless the unit diverged)
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import yaml
 
-from drolt.checkpoint import read_json
-from drolt.unit import epochs_done, read_result, weights_loadable
+from drolt.unit import epochs_done, read_result, recorded_failure, weights_loadable
 
 from .grid import Unit
 
@@ -49,12 +48,7 @@ def read_state(storage: Path, unit: Unit) -> UnitState:
     if (folder / "done").exists():
         return UnitState("partial", epochs_done(folder), "result.json is damaged: rebuilt from the last state")
     if (folder / "error.json").exists():
-        try:
-            error = read_json(folder / "error.json")
-            detail = f"{error.get('type', 'error')}: {error.get('message', '')}"
-        except (OSError, ValueError):
-            detail = "error.json is unreadable"
-        return UnitState("failed", epochs_done(folder), detail)
+        return UnitState("failed", epochs_done(folder), recorded_failure(folder) or "error.json is unreadable")
     if (folder / "state.pt").exists() or (folder / "state.pt.prev").exists():
         return UnitState("partial", epochs_done(folder))
     return UnitState("pending")

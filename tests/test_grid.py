@@ -650,3 +650,52 @@ def test_a_stage2_trial_whose_storage_fails_for_a_moment_raises_for_ray_to_retry
         trainables.stage.train_units({"units": [{**dataclasses.asdict(unit), "drolt": unit.drolt_settings()}],
                                       "storage": str(grid.storage)})
     assert json.loads((grid.storage / unit.id / "error.json").read_text())["type"] == "OSError"
+
+
+def test_a_retried_trial_clears_its_earlier_attempts_error_so_the_unit_reads_unfinished_not_failed(
+        tmp_path, monkeypatch):
+    # While Ray retries the trial the unit is not failed: `drolt status` says so, and a Ctrl-C during the
+    # retry must find it stopped (harness.launch stops the grid there) rather than failed (the next wave ran).
+    import dataclasses
+    import errno
+
+    import trainables.stage
+    from harness.storage import read_state
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"methods": ["dro_lt"]}))
+    unit = next(u for u in _units(grid).values() if u.stage == 2)
+    config = {"units": [{**dataclasses.asdict(unit), "drolt": unit.drolt_settings()}], "storage": str(grid.storage)}
+
+    def stale(path):
+        raise OSError(errno.ESTALE, "Stale file handle", str(path))
+    monkeypatch.setattr(trainables.stage, "load_state", stale)
+    with pytest.raises(OSError):
+        trainables.stage.train_units(config)
+    assert read_state(grid.storage, unit).status == "failed"
+
+    seen = []
+
+    def stopped_by_ray(*args, **kwargs):  # the retry, stopped by a Ctrl-C while it trains
+        seen.append(read_state(grid.storage, unit).status)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainables.stage, "load_state", lambda path: {})
+    monkeypatch.setattr(trainables.stage, "run_pack", stopped_by_ray)
+    with pytest.raises(KeyboardInterrupt):
+        trainables.stage.train_units(config)
+    assert seen == ["pending"] and read_state(grid.storage, unit).status == "pending"
+
+
+def test_a_retried_trial_keeps_a_diverged_units_error(tmp_path, monkeypatch):
+    import dataclasses
+
+    import trainables.stage
+    from drolt.training import TrainingDiverged
+    from drolt.unit import record_failure
+    monkeypatch.setattr(trainables.stage, "run_pack", lambda *args, **kwargs: None)
+    grid = load_grid(_write(tmp_path / "grid.yaml", {"methods": ["ce"]}))
+    unit = next(iter(_units(grid).values()))
+    folder = grid.storage / unit.id
+    folder.mkdir(parents=True)
+    record_failure(folder, TrainingDiverged("stage 1 epoch 3: loss is nan", 3))
+    trainables.stage.train_units({"units": [{**dataclasses.asdict(unit), "drolt": unit.drolt_settings()}],
+                                  "storage": str(grid.storage)})
+    assert json.loads((folder / "error.json").read_text())["type"] == "TrainingDiverged"

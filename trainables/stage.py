@@ -18,7 +18,8 @@ from ray import tune
 from drolt.checkpoint import folder_lock, load_state
 from drolt.data import DataError
 from drolt.training import TrainingDiverged
-from drolt.unit import diverged, epochs_done, load_data, record_failure, run_pack, unit_from_dict
+from drolt.unit import (diverged, epochs_done, load_data, record_failure, recorded_failure, run_pack,
+                        unit_from_dict)
 
 # Per-class lists and radii stay in metrics.jsonl; Ray gets the scalars.
 _SCALARS = ("epoch", "lr", "train_loss", "loss", "ce_loss", "robust_loss", "top1", "top5", "many", "medium",
@@ -56,6 +57,7 @@ def train_units(config: dict) -> None:
     with ExitStack() as held:
         for folder in folders:
             held.enter_context(folder_lock(folder, wait_s=120, holder="another drolt run"))
+            _clear_earlier_attempt(folder)
         try:
             cfgs = [unit_from_dict(unit["drolt"], where=f"unit {unit['id']}") for unit in units]
             device = trial_device()
@@ -99,6 +101,18 @@ def _stage1_weights(units: list[dict], folders: list[Path], storage: Path) -> tu
             continue
         kept.append(i)
     return kept, weights
+
+
+def _clear_earlier_attempt(folder: Path) -> None:
+    """Removes the error an earlier attempt of this trial recorded before Ray retried it: until this attempt
+    ends, the unit is unfinished, not failed (`drolt status`; and a Ctrl-C during the retry must find it
+    stopped, or harness.launch would start the next wave). A diverged unit's error stays: it would only
+    diverge again, and run_pack leaves it out."""
+    error = folder / "error.json"
+    if error.exists() and not diverged(folder):
+        _log(f"unit {folder.name}: trying again after an earlier attempt's "
+             f"{recorded_failure(folder) or 'error (unreadable)'}")
+        error.unlink()
 
 
 def _log(line: str) -> None:
