@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import yaml
 
-from .checkpoint import (discard_partial_writes, folder_lock, load_state, read_json, save_state,
+from .checkpoint import (atomic_write, discard_partial_writes, folder_lock, load_state, read_json, save_state,
                          save_state_keeping_previous, write_json, write_jsonl)
 from .config import DATA_LOCATION, DataConfig, Stage1Config, Stage2Config, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
@@ -393,7 +393,8 @@ def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
     _check_same_unit(out, settings)
     for line in unit.stage1.warnings():
         log(f"warning: {line}")
-    (out / "unit.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    # atomic: a kill during the write must not leave a folder that no longer says what it holds
+    atomic_write(out / "unit.yaml", lambda f: f.write(yaml.safe_dump(settings, sort_keys=False)), mode="w")
     data = load_data(unit.data).to(device)
     log(f"data: {unit.data.dataset}-LT rho {unit.data.rho:g} ({unit.data.profile}), {len(data.train_labels)} "
         f"training images, per class {data.class_counts}, source: {data.source}")
@@ -435,14 +436,16 @@ def load_stage1_weights(path: Path, num_classes: int) -> dict:
 def _check_same_unit(out: Path, settings: dict) -> None:
     """Raises ValueError when `out` holds a unit with other settings: resuming or reusing its stages would
     hand back results, or continue a training, that the settings asked for now did not make."""
-    if not any(out.glob("stage*/metrics.jsonl")):
-        return  # nothing trained here yet
+    if not any(out.glob("stage*/*")):
+        return  # nothing trained here yet (an epoch writes its state before its record: either is work)
     try:
         stored = yaml.safe_load((out / "unit.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        return  # nothing readable to compare with
+        stored = None
     if not isinstance(stored, dict):
-        return
+        raise ValueError(f"{out} holds a training whose settings are missing or unreadable ({out / 'unit.yaml'}): "
+                         f"nothing says whether they are the ones asked for now; give --out a new folder, or "
+                         f"delete {out} to start over")
     old, new = _flat(stored), _flat(settings)
     # Keys the stored file lacks came with a later version of drolt: its run used their defaults.
     changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k] and k not in _NOT_THE_WORK)

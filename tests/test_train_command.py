@@ -101,6 +101,24 @@ def test_rerun_into_a_folder_of_other_settings_is_refused_naming_them(tmp_path, 
                  "--set", "stage1.lr=0.5"]) == 0
 
 
+def test_a_folder_whose_run_stopped_between_its_files_still_refuses_other_settings(tmp_path, capsys):
+    # A kill between an epoch's state.pt and its metrics.jsonl leaves a state alone; one during unit.yaml's
+    # write left it empty: neither may let a run of other settings resume that state.
+    out = tmp_path / "run"
+    assert _train(tmp_path, out) == 0
+    for name in ("metrics.jsonl", "result.json", "done", "model_best.pt", "model_last.pt"):
+        for stage in ("stage1", "stage2"):
+            (out / stage / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert _train(tmp_path, out, "--set", "stage1.lr=0.5") == 2
+    assert "other settings (stage1.lr: 0.1 -> 0.5)" in capsys.readouterr().err
+    (out / "unit.yaml").write_text("")
+    assert _train(tmp_path, out, "--set", "stage1.lr=0.5") == 2
+    err = capsys.readouterr().err
+    assert "unit.yaml" in err and "new folder" in err
+    assert (out / "unit.yaml").read_text() == ""  # left as found
+
+
 def test_a_config_file_giving_a_key_twice_or_invalid_yaml_is_a_clear_error(tmp_path, capsys):
     for text, words in (("stage1:\n  lr: 0.1\n  lr: 0.5\n", "'lr' is given twice"),
                         ("stage1: [unclosed\n", "not valid YAML")):
