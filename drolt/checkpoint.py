@@ -58,9 +58,9 @@ class FolderBusy(RuntimeError):
 
 @contextmanager
 def folder_lock(folder: str | Path, wait_s: float = 0.0, holder: str = "another drolt process",
-                name: str = ".lock") -> Iterator[None]:
+                name: str = ".lock", what: str = "") -> Iterator[None]:
     """Holds the exclusive lock of `folder` (the file `name` in it, released when the process dies, even by
-    SIGKILL); the file says who holds it while it is held.
+    SIGKILL); the file says who holds it while it is held ("pid N on host", then ": `what`" if given).
 
     Waits up to `wait_s` seconds for another holder (a worker orphaned by a killed driver outlives it by
     seconds), then raises FolderBusy.
@@ -82,7 +82,7 @@ def folder_lock(folder: str | Path, wait_s: float = 0.0, holder: str = "another 
                 time.sleep(0.5)
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")  # who trains it, for people and tests
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}{': ' + what if what else ''}\n")  # for people and tests
         f.flush()
         try:
             yield

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -128,10 +129,15 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
     here = path.parent
 
     name = _typed(raw, "name", str)
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise GridError(f"name must be a non-empty word of letters, digits, '-', '_' or '.'; got {name!r}")
+    # it names the results folder: a name of dots alone ("..") would put the report above or among others
+    if not all(c.isalnum() or c in "-_." for c in name) or not any(c.isalnum() for c in name):
+        raise GridError(f"name must be a word of letters, digits, '-', '_' or '.' with at least one letter or digit "
+                        f"(it names the grid's results folder); got {name!r}")
     data_raw = dict(_typed(raw, "data", dict, {}))
-    data_raw["root"] = str((here / str(data_raw.get("root", "data"))).resolve())
+    root = data_raw.get("root", "data")
+    if not isinstance(root, str) or not root:
+        raise GridError(f"data.root must be a folder (a path, relative to the grid file); got {root!r}")
+    data_raw["root"] = str((here / root).resolve())
     for key in ("dataset", "rho", "subset_seed", "profile"):
         if key in data_raw:
             raise GridError(f"data.{key} is set by the grid's axes (datasets, rhos, subset_seeds, profile), "
@@ -142,8 +148,8 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
     if profile not in PROFILES:
         raise GridError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
     rhos = [float(r) for r in _list(raw, "rhos", (int, float))]
-    if any(not r >= 1 for r in rhos):
-        raise GridError(f"rhos must all be >= 1 (n_max / n_min, e.g. [100, 50, 10]); got {rhos}")
+    if any(not (1 <= r < math.inf) for r in rhos):
+        raise GridError(f"rhos must all be finite numbers >= 1 (n_max / n_min, e.g. [100, 50, 10]); got {rhos}")
     grid = Grid(name=name, path=path,
                 storage=Path(storage).expanduser().resolve() if storage
                 else (here / _typed(raw, "storage", str, "../runs")).resolve(),
@@ -262,8 +268,8 @@ def _resources(raw: Any) -> tuple[float, float]:
         raise GridError(f"resources must be a mapping with keys cpus and gpus; got {raw!r}")
     cpus, gpus = raw.get("cpus", 1), raw.get("gpus", 0)
     for key, value in (("cpus", cpus), ("gpus", gpus)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise GridError(f"resources.{key} must be a number >= 0; got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise GridError(f"resources.{key} must be a finite number >= 0; got {value!r}")
     if cpus <= 0:
         raise GridError(f"resources.cpus must be > 0 (fractions allowed); got {cpus}")
     if gpus > 1 and gpus != int(gpus):

@@ -19,6 +19,7 @@ from .plan import Plan, make_plan, packs
 from drolt.checkpoint import FolderBusy, folder_lock
 from drolt.unit import epochs_done, record_failure
 
+from .status import run_by
 from .storage import prepare, read_state
 
 if TYPE_CHECKING:
@@ -38,11 +39,13 @@ class LaunchError(RuntimeError):
 
 
 @contextmanager
-def storage_lock(storage: Path) -> Iterator[None]:
-    """Holds an exclusive lock on the storage folder, so two `drolt run`s never train the same unit."""
+def storage_lock(storage: Path, grid_path: Optional[Path] = None) -> Iterator[None]:
+    """Holds an exclusive lock on the storage folder, so two `drolt run`s never train the same unit; the lock
+    file names the grid run (`run_by`), so that `drolt status` of another grid sharing the storage can tell."""
     with ExitStack() as held:
         try:
-            held.enter_context(folder_lock(storage, holder="another `drolt run`", name=".drolt-run.lock"))
+            held.enter_context(folder_lock(storage, holder="another `drolt run`", name=".drolt-run.lock",
+                                           what=run_by(grid_path) if grid_path else ""))
         except FolderBusy as busy:
             raise LaunchError(f"storage {storage} is in use by another `drolt run` ({busy.who}); wait for it to "
                               "finish, or give this run another --storage") from None
@@ -167,7 +170,7 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
 def run_grid(grid: Grid, address: Optional[str] = None, log: Log = print, every: float = 30.0) -> Plan:
     """Runs every unit of the grid that is not done; returns the final plan (states read from storage)."""
     started = time.time()
-    with storage_lock(grid.storage):
+    with storage_lock(grid.storage, grid.path):
         plan = make_plan(grid)
         log(plan.describe())
         if not plan.todo(1) and not plan.todo(2):

@@ -1,6 +1,7 @@
 """Grid files without Ray: validation before any work, unit identity and sharing, `drolt run --dry-run` and
 `drolt status` read from a storage folder."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -91,6 +92,14 @@ INVALID = {
     "max_failures_negative": ({"max_failures": -1}, ["max_failures", ">= 0", "-1"]),
     "pack_seeds_zero": ({"pack_seeds": 0}, ["pack_seeds", ">= 1", "0"]),
     "pack_seeds_not_an_int": ({"pack_seeds": 2.5}, ["pack_seeds", "int", "2.5"]),
+    # the name is the results folder's: "." or ".." would write the report beside other grids' or above them
+    "name_of_dots_only": ({"name": ".."}, ["name", "letter or digit", "'..'"]),
+    "name_one_dot": ({"name": "."}, ["name", "letter or digit", "'.'"]),
+    "resources_cpus_nan": ({"resources": {"cpus": float("nan")}}, ["resources.cpus", "nan"]),
+    "resources_gpus_nan": ({"resources": {"gpus": float("nan")}}, ["resources.gpus", "nan"]),
+    "resources_cpus_infinite": ({"resources": {"cpus": float("inf")}}, ["resources.cpus", "inf"]),
+    "rho_infinite": ({"rhos": [float("inf")]}, ["rhos", "inf", ">= 1"]),
+    "data_root_null": ({"data": {"root": None}}, ["data.root", "None"]),
 }
 
 
@@ -370,14 +379,29 @@ def test_status_tells_running_from_queued_units_while_a_drolt_run_holds_the_stor
     from drolt.checkpoint import folder_lock
     path, grid, units, label = _status_grid(tmp_path)
     interrupted = next(u for u in _units(grid).values() if u.label == label.format(1, "stage1 ce"))
-    with storage_lock(grid.storage):
+    fresh = units[label.format(1, "stage1 ldam_drw")]  # started, in its first epoch: no state yet
+    with storage_lock(grid.storage, grid.path):
         assert main(["status", str(path)]) == 0  # started before, waiting for a trial slot now
-        with folder_lock(grid.storage / interrupted.id):  # what a trial holds while it trains the unit
+        with folder_lock(grid.storage / interrupted.id), folder_lock(grid.storage / fresh.id):  # what trials hold
             assert main(["status", str(path)]) == 0
-    queued, running = capsys.readouterr().out.split("grid ")[1:]
-    assert "a `drolt run` is in progress (pid" in running.splitlines()[0]
+    queued, running = capsys.readouterr().out.split("grid t, storage")[1:]
+    assert f"a `drolt run` of this grid is in progress (pid {os.getpid()}" in running.splitlines()[0]
     assert _status_lines(queued, units)[interrupted.label].split()[:2] == ["queued", "1/4"]
     assert _status_lines(running, units)[interrupted.label].split()[:2] == ["running", "1/4"]
+    assert _status_lines(queued, units)[fresh.label].split()[:2] == ["pending", "0/4"]
+    assert _status_lines(running, units)[fresh.label].split()[:2] == ["running", "0/4"]
+
+
+def test_status_of_a_grid_sharing_its_storage_with_another_grids_run_shows_its_own_units_interrupted(
+        tmp_path, capsys):
+    path, grid, units, label = _status_grid(tmp_path)
+    other = _write(tmp_path / "other.yaml", {"name": "other"})
+    with storage_lock(grid.storage, load_grid(other).path):  # nothing of this grid will train them
+        assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"a `drolt run` of another grid uses this storage (pid {os.getpid()}" in out.splitlines()[0]
+    assert str(other) in out.splitlines()[0]
+    assert _status_lines(out, units)[label.format(1, "stage1 ce")].split()[:2] == ["interrupted", "1/4"]
 
 
 def test_unit_ids_of_earlier_versions_stay_valid():
