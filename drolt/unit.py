@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
 import shutil
 import time
 import traceback
@@ -79,6 +80,8 @@ def unit_from_dict(values: dict, where: str = "unit") -> UnitConfig:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Returns the torch device for "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -63,6 +63,8 @@ def train_settings(args: argparse.Namespace) -> tuple[dict, Path, str]:
         if not isinstance(tree, dict):
             raise ValueError(f"config file {args.config} must hold a mapping (keys method, data, stage1, ...)")
     out = tree.pop("out", "runs/train")
+    if not isinstance(out, str) or not out:
+        raise ValueError(f"out must be a folder (a path); got {out!r} in {args.config}")
     device = tree.pop("device", "auto")
     flags = {"method": args.method, "data.dataset": args.dataset, "data.rho": args.rho,
              "data.profile": args.profile, "data.subset_seed": args.subset_seed, "data.root": args.data_root,
@@ -78,7 +80,12 @@ def train_settings(args: argparse.Namespace) -> tuple[dict, Path, str]:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. stage2.temperature=0.5")
-        _put(tree, key, yaml.safe_load(value))
+        try:
+            _put(tree, key, yaml.safe_load(value))
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__  # the parser's one-line reason
+            raise ValueError(f"--set {item!r}: {value!r} is not a YAML value ({problem}); quote a string, or "
+                             "write a list as [1, 2]") from None
     return tree, Path(args.out or out), args.device or device
 
 

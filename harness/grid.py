@@ -114,6 +114,9 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise GridError(f"grid file {path} does not exist")
+    if path.is_dir():
+        grids = sorted(p.name for p in path.glob("*.yaml"))
+        raise GridError(f"{path} is a folder; give a grid file (YAML)" + (f", e.g. one of {grids}" if grids else ""))
     try:
         raw = load_yaml(path)
     except ValueError as err:

@@ -111,6 +111,13 @@ def test_invalid_grid_is_rejected_with_a_message_naming_the_key_and_what_is_allo
         assert word in str(err.value), f"{word!r} missing from: {err.value}"
 
 
+def test_a_folder_given_as_the_grid_file_is_a_clear_error(tmp_path, capsys):
+    _write(tmp_path / "grids" / "a.yaml")
+    assert main(["status", str(tmp_path / "grids")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; give a grid file (YAML), e.g. one of ['a.yaml']" in err and "Every finished epoch" not in err
+
+
 def test_stage2_typo_is_rejected_even_when_no_method_has_a_stage_2(tmp_path):
     # Otherwise the typo is silently ignored until someone adds dro_lt to the grid.
     path = _write(tmp_path / "grid.yaml", {"methods": ["ce"], "stage2": {"temprature": 1}})

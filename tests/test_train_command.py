@@ -198,7 +198,22 @@ def test_missing_data_folder_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     (["--subset-seed", "-1"], "subset_seed must be between 0 and 4294967295"),
     (["--seed", "-3"], "seed must be between 0 and 4294967295"),
     (["--method", "ce", "--stage1-weights", "model_best.pt"], "drop --stage1-weights, or use --method dro_lt"),
+    (["--device", "gpu"], "device must be auto, cpu, cuda or cuda:N; got 'gpu'"),
+    (["--set", "stage1.lr_decay_epochs=[1,2"], "--set 'stage1.lr_decay_epochs=[1,2': '[1,2' is not a YAML value"),
 ])
 def test_impossible_values_stop_before_any_work(tmp_path, capsys, flags, message):
     assert main(["train", "--out", str(tmp_path / "run"), *flags]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("out:\n", "out must be a folder (a path); got None"),
+    ("device: 0\n", "device must be auto, cpu, cuda or cuda:N; got 0"),
+])
+def test_impossible_out_or_device_in_a_config_file_stop_before_any_work(tmp_path, capsys, text, message):
+    config = tmp_path / "unit.yaml"
+    config.write_text(text)
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
