@@ -303,6 +303,16 @@ def _identity(config: Any) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if ID_IF_CHANGED.get(k, object()) != v}
 
 
+def stage_settings(unit: Unit, stage: str) -> dict:
+    """Returns a unit's "stage1" or "stage2" settings with the defaults its id leaves out (ID_IF_CHANGED) put
+    back, the settings the stage ran with; {} for a stage the unit has not."""
+    if stage not in unit.settings:
+        return {}
+    names = {f.name for f in dataclasses.fields(Stage1Config if stage == "stage1" else Stage2Config)}
+    left_out = {k: v for k, v in ID_IF_CHANGED.items() if k in names and k not in unit.settings[stage]}
+    return {**unit.settings[stage], **left_out}
+
+
 def unit_id(settings: dict) -> str:
     """Returns a 12-hex-digit hash of resolved settings (key order does not matter)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

@@ -24,7 +24,7 @@ import pandas as pd
 from drolt.config import DATA_LOCATION
 from drolt.metrics import SPLITS
 
-from .grid import DEFAULT_LABELS, METHOD_NAMES, Grid, Run, expand
+from .grid import DEFAULT_LABELS, METHOD_NAMES, Grid, Run, expand, stage_settings
 from .published import published
 from .storage import is_done, unit_result
 
@@ -82,7 +82,7 @@ def _row(grid: Grid, run: Run, units: dict) -> dict:
     row.update({f"data_{k}": v for k, v in unit.settings["data"].items()
                 if k not in ("dataset", "rho", "profile", "subset_seed", *DATA_LOCATION)})
     for stage in ("stage1", "stage2"):
-        row.update({f"{stage}_{k}": _scalar(v) for k, v in unit.settings.get(stage, {}).items()})
+        row.update({f"{stage}_{k}": _scalar(v) for k, v in stage_settings(unit, stage).items()})
     for selection in SELECTIONS:
         record = result[selection]
         row.update({f"{selection}_{m}": record.get(m, math.nan) for m in METRICS})

@@ -290,6 +290,23 @@ def test_a_labelled_variant_gets_a_row_after_the_papers_methods_and_no_published
     assert table.loc["clean_t05", (*cell, "ours")] == "50.00 ± 0.00 (n=2)"
 
 
+def test_a_setting_left_at_its_default_has_its_value_in_the_frame_beside_a_variant_that_changes_it(tmp_path):
+    # Some settings enter a unit's id only when changed (harness.grid.ID_IF_CHANGED); the frame still says
+    # what every run used, so that filtering runs.csv on a setting finds the runs at its default.
+    methods = ("methods: [{name: dro_lt, mode: clean, label: ncm10, stage1: {ncm_every: 10}, "
+               "stage2: {augment_batches: 4}}, {name: dro_lt, mode: clean}]")
+    (tmp_path / "v.yaml").write_text(GRID.replace(GRID.splitlines()[5], methods))
+    grid = load_grid(tmp_path / "v.yaml")
+    for unit in expand(grid)[1].values():
+        _write_unit(grid.storage, unit, 50.0)
+    frame = build_frame(grid)
+    by_label = {label: rows.iloc[0] for label, rows in frame.groupby("method")}
+    assert (by_label["ncm10"].stage1_ncm_every, by_label["dro_lt_clean"].stage1_ncm_every) == (10, 1)
+    assert (by_label["ncm10"].stage2_augment_batches, by_label["dro_lt_clean"].stage2_augment_batches) == (4, 8)
+    assert by_label["dro_lt_clean"].stage2_graph_step == False  # noqa: E712 (a numpy bool)
+    assert "stage2_ncm_every" not in frame  # a stage-1 setting only
+
+
 def test_a_dro_lt_row_shows_the_provenance_of_the_stage_1_it_started_from(grid, tmp_path):
     # e.g. stage 1 trained by an older checkout, stage 2 by today's
     runs, units = expand(grid)
