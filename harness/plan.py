@@ -66,7 +66,8 @@ class Plan:
                  f"({sum(u.stage == 1 for u in self.units.values())} stage-1, "
                  f"{sum(u.stage == 2 for u in self.units.values())} stage-2); storage {self.grid.storage}"]
         if sum(u.stage == 1 for u in self.units.values()) < len(self.runs):
-            lines.append("  stage-1 units are shared: CE, DRO-LT faithful and DRO-LT clean start from the same one")
+            lines.append("  stage-1 units are shared: runs of one cell and seed with the same stage-1 settings (e.g. CE "
+                         "and both DRO-LT modes) start from the same one")
         if self.grid.pack_seeds > 1 and (todo := self.todo(1) + self.todo(2)):
             lines.append(f"  units that differ only in their seed (stage 1: or method; stage 2: or mode, or rho "
                          f"with the class-aware sampler) train packed, up to {self.grid.pack_seeds} per trial "
