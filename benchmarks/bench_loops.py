@@ -54,7 +54,7 @@ from drolt.model import resnet32
 from drolt.sampling import make_sampler
 from drolt.stage1 import train_stage1
 from drolt.stage2 import feature_losses, train_stage2
-from drolt.training import device_generator
+from drolt.training import augment_generator
 
 LOOPS = ("ref", "project", "compute")
 Run = Callable[[], dict]  # one timed epoch; returns seconds per pass
@@ -225,7 +225,7 @@ def compute_stage1(data: LongTailData, cfg: Stage1Config, init: dict, device: to
     model = fresh_model(data.num_classes, init, device)
     net = speed.prepare(model, cfg)
     optimizer = stage1_sgd(model, cfg)
-    x = stage1_train_transform(data.train_images.to(device), device_generator(device, cfg.seed))
+    x = stage1_train_transform(data.train_images.to(device), augment_generator(device, cfg.seed))
     batches = list(zip(torch.split(x, cfg.batch_size), torch.split(data.train_labels.to(device), cfg.batch_size)))
     eval_x = test_transform(torch.cat([data.train_images, data.test_images]).to(device))  # NCM bank + test
 
@@ -252,7 +252,7 @@ def compute_stage2(data: LongTailData, cfg: Stage2Config, init: dict, device: to
     loss_fn = speed.compiled(feature_losses, sizes=(cfg.batch_size,)) if cfg.compile_loss else feature_losses
     sampler = make_sampler(cfg.sampler, data.train_labels, data.num_classes, cfg.seed)
     stream = sampler.next_pass()
-    x = stage2_train_transform(data.train_images[stream].to(device), device_generator(device, cfg.seed),
+    x = stage2_train_transform(data.train_images[stream].to(device), augment_generator(device, cfg.seed),
                                cfg.autoaugment, cfg.cutout)
     y = data.train_labels[stream].to(device)
     batches = list(zip(torch.split(x, cfg.batch_size), torch.split(y, cfg.batch_size)))

@@ -28,7 +28,7 @@ from drolt import speed
 from drolt.augment import apply_draws, draw
 from drolt.config import Stage2Config
 from drolt.model import resnet32
-from drolt.training import augmenter, device_generator
+from drolt.training import augment_generator, augmenter
 
 
 def timed(fn: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float]:
@@ -49,7 +49,7 @@ def main() -> None:
     cfg = Stage2Config(graph_augment=True)  # the defaults: batch 128, 8 batches per chunk, bank chunks of 1000
     sizes = (cfg.batch_size * cfg.augment_batches, cfg.eval_batch_size)
     augment = augmenter(cfg, sizes)
-    gen = device_generator(device, 0)
+    gen = augment_generator(device, 0)
     images = torch.randint(0, 256, (5000, 3, 32, 32), dtype=torch.uint8, device=device, generator=gen)
     model = resnet32(10).to(device, memory_format=torch.channels_last)
     net = speed.compiled(model, "reduce-overhead", sizes=(cfg.batch_size,))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .seeds import stream_seed
+
 
 class ShuffledEpochs:
     """Every pass is a fresh random permutation of the dataset (stage 1)."""
@@ -17,7 +19,7 @@ class ShuffledEpochs:
         if num_samples < 1:
             raise ValueError(f"cannot sample from an empty dataset (num_samples={num_samples})")
         self.num_samples = num_samples
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(stream_seed(seed, "sampler"))
 
     def __len__(self) -> int:
         """The number of indices in a pass."""
@@ -82,7 +84,7 @@ class ClassAwareSampler:
         self.k = samples_per_class
         self.num_classes = num_classes
         self.pass_length = int(counts.max()) * num_classes
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(stream_seed(seed, "sampler"))
         self.class_cycle = _CyclingPermutation(torch.arange(num_classes), self.gen)
         by_class = torch.argsort(labels, stable=True)
         starts = torch.cumsum(counts, 0) - counts

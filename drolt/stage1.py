@@ -19,7 +19,8 @@ from .model import resnet32
 from .packed import (PER_UNIT, join_optimizer_states, join_states, packed_model, parameter_names, resume_epoch,
                      shared_settings, split_optimizer_state, split_state, unit_names)
 from .sampling import ShuffledEpochs
-from .training import (EpochCallback, StageResult, augmenter, check_finite, device_generator, evaluate_seeds,
+from .seeds import stream_seed
+from .training import (EpochCallback, StageResult, augment_generator, augmenter, check_finite, evaluate_seeds,
                        improved, packed_batches, set_lr, unit_data)
 
 
@@ -64,7 +65,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     datas = unit_data(data, k)  # every seed's, for the loops that take one per unit
     models = []
     for seed_cfg, cosine in zip(cfgs, ldam):
-        torch.manual_seed(seed_cfg.seed)  # model init
+        torch.manual_seed(stream_seed(seed_cfg.seed, "init"))  # the global generator: torch.nn.init draws from it
         models.append(resnet32(data.num_classes, cosine_head=cosine))
     model = packed_model(models).to(device)
     net = speed.prepare(model, cfg)
@@ -72,7 +73,7 @@ def train_stage1_seeds(cfgs: Sequence[Stage1Config], data: LongTailData, device:
     optimizer = speed.sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.fused_sgd)
     names = parameter_names(model)  # the optimizer's parameters, to split its state per seed
     samplers = [ShuffledEpochs(len(data.train_labels), c.seed) for c in cfgs]
-    aug_gens = [device_generator(device, c.seed) for c in cfgs]
+    aug_gens = [augment_generator(device, c.seed) for c in cfgs]
     margins = ldam_margins(data.class_counts).to(device) if any(ldam) else None
     augment = augmenter(cfg, sizes=(cfg.batch_size * cfg.augment_batches,))
 

@@ -23,7 +23,7 @@ from .model import resnet32
 from .packed import (PER_UNIT, RADII, join_optimizer_states, join_states, packed_model, parameter_names,
                      resume_epoch, shared_settings, split_optimizer_state, split_state, unit_names)
 from .sampling import make_sampler
-from .training import (EpochCallback, StageResult, augmenter, check_finite, device_generator, evaluate_seeds,
+from .training import (EpochCallback, StageResult, augment_generator, augmenter, check_finite, evaluate_seeds,
                        extract_seeds, improved, join_views, packed_batches, unit_data)
 from .stage1 import SeedCallback
 
@@ -93,7 +93,7 @@ def train_stage2_seeds(cfgs: Sequence[Stage2Config], data: LongTailData | Sequen
                              cfg.fused_sgd)
     opt_classifier = speed.sgd(model.fc.parameters(), cfg.classifier_lr, cfg.momentum, cfg.weight_decay,
                                cfg.fused_sgd)
-    aug_gens = [device_generator(device, c.seed) for c in cfgs]
+    aug_gens = [augment_generator(device, c.seed) for c in cfgs]
     ce_weights = [_weights(d.class_counts, cfg.ce_weights, device) for d in datas]
     classifier_weights = [_weights(d.class_counts, cfg.classifier_weights, device) for d in datas]
     first_classifier_epoch = cfg.epochs - cfg.classifier_epochs

@@ -15,6 +15,7 @@ from .data import LongTailData
 from .metrics import classification_report
 from .packed import pack
 from .sampling import batches
+from .seeds import stream_seed
 
 # Called after every epoch with the epoch's record and the loop's full state (enough to resume from).
 EpochCallback = Callable[[dict, dict], None]
@@ -62,9 +63,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     return lr
 
 
-def device_generator(device: torch.device, seed: int) -> torch.Generator:
-    """Returns a generator on `device`, so augmentation draws where the images are."""
-    return torch.Generator(device=device).manual_seed(seed)
+def augment_generator(device: torch.device, seed: int) -> torch.Generator:
+    """Returns the augmentation generator of the unit of `seed`, on `device` so that it draws where the images
+    are (its own stream: drolt/seeds.py)."""
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, "augment"))
 
 
 def check_finite(losses: Sequence[float], stage: int, epoch: int, names: Sequence[str]) -> None:

@@ -92,3 +92,18 @@ def test_sampler_names_parse_and_bad_names_are_rejected_with_the_allowed_forms()
 def test_class_with_no_image_is_a_clear_error():
     with pytest.raises(ValueError, match=r"classes \[2\]"):
         ClassAwareSampler(torch.tensor([0, 1, 3]), 4, 4, seed=0)
+
+
+def test_a_units_initialisation_sampling_and_augmentation_draw_different_numbers():
+    # Generators seeded alike draw alike, and on a CPU all three are one algorithm: with one seed for all,
+    # a unit's shuffle order repeated the numbers of its initial weights and of its augmentation.
+    from drolt.seeds import stream_seed
+    from drolt.training import augment_generator
+    seed = 3
+    torch.manual_seed(stream_seed(seed, "init"))  # as train_stage1 seeds a unit's model
+    init = torch.rand(8)
+    augment = torch.rand(8, generator=augment_generator(torch.device("cpu"), seed))
+    for sampler in (ShuffledEpochs(100, seed), ClassAwareSampler(torch.arange(10).repeat(3), 10, 4, seed)):
+        order = torch.rand(8, generator=sampler.gen)
+        assert not torch.equal(order, init) and not torch.equal(order, augment)
+    assert not torch.equal(init, augment)
