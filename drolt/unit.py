@@ -256,12 +256,15 @@ def _open_stage(stage: int, folder: Path, log: Log) -> tuple[Optional[dict], Opt
     if done is not None and weights_loadable(folder):
         log(f"stage {stage}: already complete in {folder}")
         return done, None
-    if (folder / "done").exists():
-        log(f"warning: stage {stage} in {folder} is marked complete but its result or weights are damaged; "
-            "rebuilding them from its last state")
+    damaged = (folder / "done").exists()
+    if damaged:
         (folder / "done").unlink()
     discard_partial_writes(folder)  # callers hold the unit's folder_lock: no other process writes here
     resume = load_resume_state(folder, log)
+    if damaged:
+        log(f"warning: stage {stage} in {folder} is marked complete but its result or weights are damaged; "
+            + ("rebuilding them from its last state" if resume is not None
+               else "no state to rebuild them from is left, so it trains again from the start"))
     if resume is not None:
         log(f"stage {stage}: resuming after epoch {resume['epoch']} from {folder}")
         if stage == 2 and resume.get("bank_draws") != BANK_DRAWS:
@@ -366,8 +369,9 @@ def recorded_failure(folder: Path) -> Optional[str]:
         return None
 
 
-def stage1_handoff(folder: Path, cfg: Stage1Config) -> Path:
-    """Returns the stage-1 weights stage 2 starts from: best-on-test (faithful) or last epoch (clean)."""
+def stage1_handoff(folder: Path, cfg: Stage2Config) -> Path:
+    """Returns the stage-1 weights stage 2 starts from: best-on-test (faithful) or last epoch (clean). Stage
+    2's mode decides it, whatever stage 1's: a clean stage 2 must not start from weights chosen on the test set."""
     return folder / ("model_best.pt" if cfg.mode == "faithful" else "model_last.pt")
 
 
@@ -407,7 +411,7 @@ def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
         if stage == 1 and weights is not None:
             continue
         if stage == 2 and weights is None:
-            weights = load_state(stage1_handoff(out / "stage1", unit.stage1))
+            weights = load_state(stage1_handoff(out / "stage1", unit.stage2))
         results[stage] = run_stage(stage, unit, data, device, out / f"stage{stage}", log, weights)
     return results
 
@@ -453,8 +457,12 @@ def _check_same_unit(out: Path, settings: dict) -> None:
     # Keys the stored file lacks came with a later version of drolt: its run used their defaults.
     changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k] and k not in _NOT_THE_WORK)
     changed += sorted(k for k in old.keys() - new.keys())  # a stage the unit had and has no more
-    if "stage1_weights_sha256" in new.keys() - old.keys():  # stage 2 trained here from this folder's stage 1
-        changed.append("stage1_weights_sha256")
+    if "stage1_weights_sha256" in new.keys() - old.keys() and not changed:
+        trained = "stage 1 and stage 2 were" if any(out.glob("stage2/*")) else "stage 1 was"
+        raise ValueError(f"{out} holds a unit whose {trained} trained here without --stage1-weights: stage 2 "
+                         "starts from this folder's stage 1; drop --stage1-weights to go on with it, or give "
+                         "--out a new folder to start stage 2 from the weights given")
+    changed += sorted(k for k in new.keys() - old.keys() if k == "stage1_weights_sha256")
     if changed:
         shown = ", ".join(f"{k}: {old.get(k, '-')!r} -> {new.get(k, '-')!r}" for k in changed[:6])
         raise ValueError(f"{out} holds a unit trained with other settings ({shown}"

@@ -89,6 +89,19 @@ def test_damaged_result_of_a_finished_stage_is_rebuilt_not_trusted(tmp_path, cap
     assert _history(out) == straight
 
 
+def test_damaged_finished_stage_without_any_state_says_it_trains_again_and_does(tmp_path, capsys, straight):
+    out = tmp_path / "run"
+    _train(tmp_path, out)
+    (out / "stage1" / "model_last.pt").write_bytes(b"garbage")
+    for name in ("state.pt", "state.pt.prev"):
+        (out / "stage1" / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert _train(tmp_path, out) == 0
+    printed = capsys.readouterr().out
+    assert "trains again from the start" in printed and "rebuilding" not in printed
+    assert _history(out) == straight
+
+
 def test_full_disk_fails_cleanly_keeps_the_last_checkpoint_and_the_rerun_continues(
         tmp_path, monkeypatch, capsys, straight):
     out = tmp_path / "run"

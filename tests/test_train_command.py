@@ -2,8 +2,10 @@
 import json
 
 import pytest
+import torch
 
 import drolt.unit
+from drolt.checkpoint import load_state
 from harness.cli import main
 
 TINY = ["--method", "dro_lt", "--dataset", "cifar10", "--rho", "10", "--synthetic", "20",
@@ -147,13 +149,49 @@ def test_stage1_weights_must_be_a_stage_1_models_weights_and_stay_the_same_in_on
     assert "stage1_weights_sha256" in capsys.readouterr().err
 
 
+def test_a_clean_stage_2_starts_from_stage_1s_last_weights_whatever_stage_1s_mode(tmp_path, monkeypatch):
+    started_from = []
+    real = drolt.unit.run_stage
+
+    def spy(stage, unit, data, device, folder, log, weights=None):
+        if stage == 2:
+            started_from.append(weights)
+        return real(stage, unit, data, device, folder, log, weights)
+    monkeypatch.setattr(drolt.unit, "run_stage", spy)
+    out = tmp_path / "run"
+    assert _train(tmp_path, out, "--set", "stage2.mode=clean") == 0  # stage 1 stays at its faithful default
+    last, best = (load_state(out / "stage1" / name) for name in ("model_last.pt", "model_best.pt"))
+    assert any(not torch.equal(last[k], best[k]) for k in last)
+    assert all(torch.equal(started_from[0][k], last[k]) for k in last)
+
+
 def test_adding_stage1_weights_to_a_folder_whose_stage_2_trained_without_them_is_refused(tmp_path, capsys):
     other, out = tmp_path / "other", tmp_path / "run"
     assert _train(tmp_path, other, "--seed", "7") == 0 and _train(tmp_path, out) == 0
     capsys.readouterr()
     assert _train(tmp_path, out, "--stage1-weights", str(other / "stage1/model_best.pt")) == 2
-    assert "stage1_weights_sha256" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "stage 1 and stage 2 were trained here without --stage1-weights" in err
+    assert "drop --stage1-weights" in err
     assert "stage1_weights_sha256" not in (out / "unit.yaml").read_text()
+
+
+def test_stage1_weights_into_a_folder_whose_stage_1_alone_trained_names_that_stage(tmp_path, monkeypatch, capsys):
+    other, out = tmp_path / "other", tmp_path / "run"
+    assert _train(tmp_path, other, "--seed", "7") == 0
+    real = drolt.unit.format_record
+
+    def stop_in_stage_1(record, epochs):
+        if record.get("stage") == 1:
+            raise KeyboardInterrupt
+        return real(record, epochs)
+    monkeypatch.setattr(drolt.unit, "format_record", stop_in_stage_1)
+    assert _train(tmp_path, out) == 130
+    monkeypatch.setattr(drolt.unit, "format_record", real)
+    capsys.readouterr()
+    assert _train(tmp_path, out, "--stage1-weights", str(other / "stage1/model_best.pt")) == 2
+    err = capsys.readouterr().err
+    assert "whose stage 1 was trained here without --stage1-weights" in err and "stage 2 starts from" in err
 
 
 def test_a_stage_2_started_before_banks_drew_views_per_pass_resumes_with_a_warning(tmp_path, capsys):
