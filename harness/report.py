@@ -64,12 +64,6 @@ def build_frame(grid: Grid) -> pd.DataFrame:
     return frame
 
 
-def missing_runs(grid: Grid) -> list[Run]:
-    """Returns the grid's runs whose reporting unit (stage 2 for DRO-LT) has not finished."""
-    runs, _ = expand(grid)
-    return [run for run in runs if not is_done(grid.storage, run.unit_id)]
-
-
 def _row(grid: Grid, run: Run, units: dict) -> dict:
     unit = units[run.unit_id]
     result = unit_result(grid.storage, unit.id)
@@ -86,7 +80,7 @@ def _row(grid: Grid, run: Run, units: dict) -> dict:
     for selection in SELECTIONS:
         record = result[selection]
         row.update({f"{selection}_{m}": record.get(m, math.nan) for m in METRICS})
-        row[f"{selection}_epoch"] = record["epoch"]
+        row[f"{selection}_epoch"] = record["epoch"] + 1  # counted from 1, as drolt train and the curves count
     row["reported_top1"] = row[f"{row['selected']}_top1"]
     row["stage1_wall_time_s"] = stage1["wall_time_s"] if stage1 else math.nan
     # Seeds trained packed (pack_seeds) each record the pack's time; their own share divides it among them.
@@ -239,7 +233,7 @@ def _table(frame: pd.DataFrame, splits: list[str], selection: str, methods: Opti
                     pub = published(dataset, rho, method, split)
                     mean = stat["mean"] if stat is not None else math.nan
                     row += [f"{pub.value:.2f}" if pub else DASH,
-                            f"{mean - pub.value:+.2f}" if pub and not math.isnan(mean) else DASH]
+                            _shown_delta(mean, pub.value) if pub and not math.isnan(mean) else DASH]
             rows.append(row)
             index.append((split, METHOD_NAMES.get(method, method)))
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["split", "method"]),
@@ -259,6 +253,12 @@ def method_order(labels: Iterable[str], known: Sequence[str] = METHOD_ORDER) -> 
     first seen."""
     present = list(dict.fromkeys(labels))
     return [m for m in known if m in present] + [m for m in present if m not in known]
+
+
+def _shown_delta(mean: float, paper: float) -> str:
+    """Returns ours − paper as the table prints both (to 2 decimals), so that the three columns add up; a
+    difference within rounding is "+0.00", not "-0.00"."""
+    return f"{round(float(f'{mean:.2f}') - paper, 2) + 0.0:+.2f}"  # numpy's round() can round otherwise
 
 
 def format_cell(mean: float, std: float, n: int) -> str:
@@ -369,7 +369,9 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     if not any((grid.storage / unit_id).exists() for unit_id in units):
         log(f"report: no run of this grid in {grid.storage}, so the tables are empty; pass the --storage "
             "that its `drolt run` used")
-    missing = missing_runs(grid)
+    # From the frame, not read again: a run finishing meanwhile (drolt report during a drolt run) must be in one.
+    reported = set(frame["unit_id"])
+    missing = [run for run in runs if run.unit_id not in reported]
     methods = method_order(run.method for run in runs)
     cells = [(d, r) for d in grid.datasets for r in sorted(grid.rhos, reverse=True)]
     written: list[Path] = []
@@ -403,7 +405,8 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     for note in skipped:
         log(f"report: skipped {note}")
     sources = _sources_shown(frame, methods, cells, compare)
-    write("report.md", _markdown_report(grid, frame, tables, missing, figures, skipped, compare, sources))
+    wall = _finished_units_time(grid.storage, units)
+    write("report.md", _markdown_report(grid, frame, tables, missing, figures, skipped, compare, sources, wall))
     _remove_stale(out, written, [*(f"{s}.{e}" for s in TABLES for e in ("tex", "csv")), "missing.txt",
                                  "runs.parquet", *FIGURES])
     log(f"report: {len(frame)} of {len(frame) + len(missing)} runs finished; {len(written)} files in {out}")
@@ -442,8 +445,15 @@ def _sources_shown(frame: pd.DataFrame, methods: list[str], cells: list[tuple[st
                    for split in ("all", *SPLITS) if (pub := published(dataset, rho, method, split))})
 
 
+def _finished_units_time(storage: Path, units: dict) -> float:
+    """Returns the training time (s) of the grid's finished units, also stage-1 units none of whose runs has
+    finished; seeds trained packed count their share of the pack's time."""
+    results = [_result_or_none(storage, unit_id) for unit_id in units]
+    return sum(r.get("own_time_s", r["wall_time_s"]) for r in results if r is not None)
+
+
 def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: list[Run], figures: list[Path],
-                     skipped: list[str], compare: bool, sources: list[str]) -> str:
+                     skipped: list[str], compare: bool, sources: list[str], wall: float) -> str:
     total = len(frame) + len(missing)
     parts = [f"# Grid `{grid.name}`\n\n",
              f"Built from the records in `{_shown(grid.storage)}` for `{grid.path.name}` alone (no training). "
@@ -460,7 +470,7 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
                      "sums differ, e.g. a re-encoded copy): their accuracies can differ slightly from ones measured "
                      "on the official files, which the published numbers were.\n\n")
     if missing:
-        parts.append(f"**Missing: {len(missing)} run(s) not finished**, listed in `missing.txt`:\n\n")
+        parts.append(f"\n**Missing: {len(missing)} run(s) not finished**, listed in `missing.txt`:\n\n")
         parts.append("".join(f"- {_run_label(r)} (unit `{r.unit_id}`)\n" for r in missing))
     for stem, (what, *_) in TABLES.items():
         parts.append(f"\n## {what[0].upper()}{what[1:]}\n\n")
@@ -476,7 +486,6 @@ def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: lis
             # both stages' values: a DRO-LT row's stage 1 was trained by its own process
             values = set(frame[key]) | set(frame.get(f"stage1_{key}", []))
             parts.append(f"- {key.replace('_', ' ')}: {', '.join(sorted(map(str, values)))}\n")
-        wall = frame.drop_duplicates("stage1_unit_id")["stage1_own_time_s"].sum() + frame["stage2_own_time_s"].sum()
         parts.append(f"- wall time: {wall / 3600:.2f} h over all finished units (a shared stage 1 counted once, "
                      "seeds trained packed their pack's time once)\n")
     return "".join(parts)

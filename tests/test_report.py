@@ -13,8 +13,9 @@ import pytest
 from drolt.metrics import split_accuracies
 from harness.figures import FIGURES, train_counts
 from harness.grid import expand, load_grid
-from harness.report import (build_frame, format_cell, missing_runs, paper_table, shot_table, summarize,
-                            to_latex, to_markdown, write_report)
+import harness.report
+from harness.report import (build_frame, format_cell, paper_table, shot_table, summarize, to_latex, to_markdown,
+                            write_report)
 
 GRID = """\
 name: tiny
@@ -63,7 +64,11 @@ def _write_unit(storage, unit, top1: float, source: str = "official") -> None:
 @pytest.fixture
 def grid(tmp_path):
     """The tiny grid with every unit finished."""
-    (tmp_path / "tiny.yaml").write_text(GRID)
+    return _finished_grid(tmp_path, GRID)
+
+
+def _finished_grid(tmp_path, text: str):
+    (tmp_path / "tiny.yaml").write_text(text)
     grid = load_grid(tmp_path / "tiny.yaml")
     runs, units = expand(grid)
     for run in runs:
@@ -85,7 +90,7 @@ def test_frame_has_one_row_per_run_with_settings_metrics_wall_times_and_provenan
     frame = build_frame(grid)
     assert len(frame) == 12  # 2 rhos x 2 seeds x 3 methods
     row = frame[(frame.method == "dro_lt_faithful") & (frame.rho == 100) & (frame.seed == 1)].iloc[0]
-    assert (row.last_top1, row.best_top1, row.best_epoch, row.selected) == (49.0, 50.0, 1, "best")
+    assert (row.last_top1, row.best_top1, row.best_epoch, row.selected) == (49.0, 50.0, 2, "best")  # epochs counted from 1
     assert (row.last_many_n, row.last_medium_n, row.last_few_n) == (35, 35, 30)
     assert row.last_many == pytest.approx(59.0) and row.last_ncm_few == pytest.approx(34.0)
     assert (row.stage1_wall_time_s, row.stage2_wall_time_s) == (100.0, 200.0)  # stage 1 from its own unit
@@ -178,7 +183,6 @@ def test_report_writes_tables_frame_and_every_figure(grid, tmp_path):
 def test_partial_grid_reports_what_exists_and_lists_what_is_missing(grid, tmp_path):
     _unfinish(grid, method="dro_lt_clean", rho=100.0)
     _unfinish(grid, method="dro_lt_clean", rho=10.0, seed=1)
-    assert len(missing_runs(grid)) == 3
     write_report(grid, tmp_path / "out", log=None)
     missing = (tmp_path / "out" / "missing.txt").read_text().splitlines()
     assert len(missing) == 3 and all("DRO-LT (clean)" in line for line in missing)
@@ -190,6 +194,42 @@ def test_partial_grid_reports_what_exists_and_lists_what_is_missing(grid, tmp_pa
         (grid.storage / run.unit_id / "done").touch()
     write_report(grid, tmp_path / "out", log=None)
     assert not (tmp_path / "out" / "missing.txt").exists()
+
+
+def test_a_run_finishing_while_the_report_is_built_is_counted_once(grid, tmp_path, monkeypatch):
+    _unfinish(grid, method="ce", rho=10.0, seed=1)
+    real = harness.report.build_frame
+
+    def finish_right_after(g):
+        frame = real(g)
+        for run in expand(g)[0]:
+            (g.storage / run.unit_id / "done").touch()
+        return frame
+    monkeypatch.setattr(harness.report, "build_frame", finish_right_after)
+    write_report(grid, tmp_path / "out", log=None)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "11 of 12 runs finished" in report and "\n\n**Missing: 1 run(s) not finished**" in report
+    assert "seed1 CE" in (tmp_path / "out" / "missing.txt").read_text()
+
+
+def test_delta_is_the_difference_of_the_numbers_printed_beside_it(tmp_path):
+    grid = _finished_grid(tmp_path, GRID.replace("rhos: [100, 10]", "rhos: [100]").replace("methods: [ce, ", "methods: [ce]\n#"))
+    for seed, top1 in ((0, 41.94), (1, 41.95)):  # mean 41.945, printed 41.95; paper 38.32
+        run = next(r for r in expand(grid)[0] if r.seed == seed)
+        result = json.loads((grid.storage / run.unit_id / "result.json").read_text())
+        result["last"]["top1"] = top1
+        (grid.storage / run.unit_id / "result.json").write_text(json.dumps(result))
+    table = paper_table(build_frame(grid)).to_string()
+    assert "41.95 ± 0.01 (n=2)" in table and "+3.63" in table and "+3.62" not in table
+
+
+def test_wall_time_counts_finished_stage_1_units_whose_stage_2_has_not_finished(tmp_path):
+    grid = _finished_grid(tmp_path, GRID.replace("rhos: [100, 10]", "rhos: [100]")
+                          .replace("methods: [ce, ", "methods: [").replace(", {name: dro_lt, mode: clean}", ""))
+    _unfinish(grid, seed=1)  # stage 2 of seed 1; its stage 1 (100 s) is done
+    write_report(grid, tmp_path / "out", log=None)
+    # 2 stage-1 units of 100 s and one stage 2 of 200 s: 400 s
+    assert "wall time: 0.11 h over all finished units" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_figures_without_data_are_skipped_and_named(grid, tmp_path):
