@@ -13,6 +13,7 @@ import drolt.stage1
 import drolt.training
 import drolt.unit
 from drolt.config import Stage1Config, Stage2Config
+from drolt.data import share_test_sets
 from drolt.model import resnet32
 from drolt.packed import (PackedResNet, join_optimizer_states, join_states, pack, packed_model, parameter_names,
                           split_optimizer_state, split_state)
@@ -350,7 +351,8 @@ def test_stage_2_units_of_other_rhos_packed_together_train_exactly_as_each_alone
     # own of all of them.
     other = small_long_tail(12, 3, 2)
     assert len(other.train_labels) != len(smaller.train_labels)
-    datas = [smaller, other]
+    datas = share_test_sets([smaller, other])  # as a trial holds them: the test set evaluated once for both
+    assert datas[1].test_images is datas[0].test_images and datas[1].train_images is other.train_images
     stage1 = [train_stage1(s1(seed=0, epochs=1, batch_size=16), data, CPU).model_state for data in datas]
     cfg = Stage2Config(epochs=2, classifier_epochs=1, batch_size=16, eval_batch_size=40, classifier_weights="bal")
     packed = train_stage2_seeds([cfg, cfg], datas, stage1, CPU)

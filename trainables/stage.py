@@ -16,7 +16,7 @@ import torch
 from ray import tune
 
 from drolt.checkpoint import folder_lock, load_state
-from drolt.data import DataError
+from drolt.data import DataError, share_test_sets
 from drolt.training import TrainingDiverged
 from drolt.unit import (diverged, epochs_done, load_data, record_failure, recorded_failure, run_pack,
                         unit_from_dict)
@@ -65,6 +65,7 @@ def train_units(config: dict) -> None:
             for i, cfg in enumerate(cfgs):
                 same = next((j for j in range(i) if cfgs[j].data == cfg.data), None)
                 datas.append(datas[same] if same is not None else load_data(cfg.data).to(device))
+            datas = share_test_sets(datas)
 
             weights = None
             if units[0]["stage"] == 2:

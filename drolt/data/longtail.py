@@ -78,6 +78,19 @@ class LongTailData:
             test_images=self.test_images.to(device), test_labels=self.test_labels.to(device))
 
 
+def share_test_sets(datas: Sequence[LongTailData]) -> list[LongTailData]:
+    """Returns `datas` with equal test sets (a dataset's at every rho) held as one tensor: a pack of units
+    evaluates a test set they share once for all of them (training.evaluate_seeds) and keeps one copy."""
+    shared: list[LongTailData] = []
+    for data in datas:
+        twin = next((d for d in shared if d.test_images.shape == data.test_images.shape
+                     and torch.equal(d.test_images, data.test_images) and torch.equal(d.test_labels, data.test_labels)),
+                    None)
+        shared.append(data if twin is None else
+                      dataclasses.replace(data, test_images=twin.test_images, test_labels=twin.test_labels))
+    return shared
+
+
 def load_long_tail(name: str, root: str | Path, rho: float, profile: str = "exp", subset_seed: int = 0,
                    download: bool = False) -> LongTailData:
     """Returns the CIFAR-LT training subset for (rho, profile, subset_seed) and the balanced test set."""
