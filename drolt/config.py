@@ -108,6 +108,9 @@ class Stage1Config(SpeedSettings):
                              "ldam_drw: its re-weighting would never start, and the run would not be LDAM-DRW; "
                              "lower stage1.drw_start_epoch (the reference: 160 of 200)")
         _non_negative(self, "momentum", "weight_decay", "warmup_epochs", "drw_start_epoch")
+        if any(e < 1 for e in self.lr_decay_epochs):
+            raise ValueError(f"lr_decay_epochs must be epochs >= 1 (the LR drops x0.01 after each); got "
+                             f"{self.lr_decay_epochs}")
 
     def warnings(self) -> list[str]:
         """Returns what the schedule does that a shortened run may not expect (legal, so not an error)."""
@@ -196,13 +199,18 @@ def load_yaml(path: Path) -> Any:
 
 def from_dict(cls: type, values: dict[str, Any] | None, where: str = "") -> Any:
     """Returns a validated `cls` built from `values`; unknown keys and wrong types raise ValueError."""
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"{where or cls.__name__} must be a mapping of settings (key: value), got {values!r}")
     values = dict(values or {})
     hints = get_type_hints(cls)
     check_keys(cls, values, where)
     for key, value in values.items():
         values[key] = _coerce(key, value, hints[key], where)
     config = cls(**values)
-    config.validate()
+    try:
+        config.validate()
+    except ValueError as err:  # the checks name the setting; where it was written is known only here
+        raise ValueError(f"{where}: {err}" if where else str(err)) from None
     return config
 
 

@@ -68,6 +68,10 @@ def unit_from_dict(values: dict, where: str = "unit") -> UnitConfig:
     method = values.get("method", "dro_lt")
     if method not in METHODS:
         raise ValueError(f"method in {where} must be one of {', '.join(METHODS)}; got {method!r}")
+    for section in ("data", "stage1", "stage2"):
+        if not isinstance(values.get(section) or {}, dict):
+            raise ValueError(f"{section} in {where} must be a mapping of settings (key: value, as in "
+                             f"stage1: {{epochs: 3}}); got {values[section]!r}")
     stage1 = dict(values.get("stage1") or {})
     stage1.setdefault("method", "ldam_drw" if method == "ldam_drw" else "ce")
     if (stage1["method"] == "ldam_drw") != (method == "ldam_drw"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,8 +20,8 @@ from drolt.unit import METHODS, resolve_device, run_unit, unit_from_dict
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run one unit in this process, without Ray (debugging a single run)",
                        description="Run one unit (stage 1, then stage 2 for dro_lt) in-process. Settings come "
-                                   "from --config (YAML with keys method, data, stage1, stage2, out, device), "
-                                   "then the flags, then --set overrides.")
+                                   "from --config (YAML with keys method, data, stage1, stage2, out, device; its "
+                                   "paths relative to the file), then the flags, then --set overrides.")
     p.add_argument("--config", type=Path, help="YAML unit file")
     p.add_argument("--method", choices=METHODS)
     p.add_argument("--mode", choices=("faithful", "clean"), help="both stages' mode")
@@ -38,7 +39,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic", type=int, metavar="N",
                    help="use a generated stand-in dataset with N train images per class (smoke runs)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any setting, e.g. --set stage2.temperature=0.5 (repeatable)")
+                   help="override any setting, e.g. --set stage2.temperature=0.5 or --set out=runs/x (repeatable)")
     p.add_argument("--out", type=Path, help="output folder (default runs/train)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--stage1-weights", type=Path, help="model_best.pt or model_last.pt of a finished stage 1: run stage 2 only")
@@ -55,18 +56,16 @@ def _put(tree: dict, dotted: str, value: Any) -> None:
 
 def train_settings(args: argparse.Namespace) -> tuple[dict, Path, str]:
     """Returns (unit settings, output folder, device name) merged from --config, flags and --set."""
-    tree: dict = {}
+    tree: dict = {"out": "runs/train", "device": "auto"}
     if args.config:
         if not args.config.exists():
             raise ValueError(f"config file {args.config} does not exist")
         tree = load_yaml(args.config) or {}
         if not isinstance(tree, dict):
             raise ValueError(f"config file {args.config} must hold a mapping (keys method, data, stage1, ...)")
-    out = tree.pop("out", "runs/train")
-    if not isinstance(out, str) or not out:
-        raise ValueError(f"out must be a folder (a path); got {out!r} in {args.config}")
-    device = tree.pop("device", "auto")
-    flags = {"method": args.method, "data.dataset": args.dataset, "data.rho": args.rho,
+        tree = {"out": "runs/train", "device": "auto", **tree}
+        _paths_relative_to(tree, args.config.parent)
+    flags = {"out": args.out, "device": args.device, "method": args.method, "data.dataset": args.dataset, "data.rho": args.rho,
              "data.profile": args.profile, "data.subset_seed": args.subset_seed, "data.root": args.data_root,
              "data.download": args.download, "data.synthetic": args.synthetic,
              "stage1.epochs": args.stage1_epochs, "stage2.epochs": args.stage2_epochs,
@@ -86,7 +85,20 @@ def train_settings(args: argparse.Namespace) -> tuple[dict, Path, str]:
             problem = getattr(err, "problem", None) or type(err).__name__  # the parser's one-line reason
             raise ValueError(f"--set {item!r}: {value!r} is not a YAML value ({problem}); quote a string, or "
                              "write a list as [1, 2]") from None
-    return tree, Path(args.out or out), args.device or device
+    out, device = tree.pop("out"), tree.pop("device")
+    if not isinstance(out, (str, Path)) or not str(out):
+        raise ValueError(f"out must be a folder (a path); got {out!r}")
+    return tree, Path(out).expanduser().resolve(), device
+
+
+def _paths_relative_to(tree: dict, folder: Path) -> None:
+    """Makes a config file's `out` and `data.root` relative to the file's folder, as a grid file's paths are;
+    the command line's stay relative to the working directory."""
+    if isinstance(tree.get("out"), str) and tree["out"]:
+        tree["out"] = str((folder / Path(tree["out"]).expanduser()).resolve())
+    data = tree.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str) and data["root"]:
+        data["root"] = str((folder / Path(data["root"]).expanduser()).resolve())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -94,8 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     unit = unit_from_dict(tree, where=f"{args.config} and the command line" if args.config else "the command line")
     device = resolve_device(device_name)
     stages = (2,) if args.stage1_weights and 2 in unit.stages() else unit.stages()
-    print(f"drolt train: method {unit.method}, stages {stages}, device {device}, output {out.resolve()}",
-          flush=True)
+    print(f"drolt train: method {unit.method}, stages {stages}, device {device}, output {out}", flush=True)
     # --mode and --seed set both stages; anything else under stage2 was asked for by name
     ignored = sorted(set(tree.get("stage2") or {}) - {"mode", "seed"}) if 2 not in unit.stages() else []
     if ignored:
@@ -106,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         last, best = result["last"], result["best"]
         print(f"stage {stage} done: last epoch top-1 {last['top1']:.2f}, best-on-test top-1 {best['top1']:.2f} "
               f"(epoch {best['epoch'] + 1}); the {result['selected']} one is reported "
-              f"({out.resolve() / f'stage{stage}' / 'result.json'})")
+              f"({out / f'stage{stage}' / 'result.json'})")
     return 0
 
 
@@ -146,10 +157,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"drolt run: {plan.count('done')}/{len(plan.units)} units done in {time.time() - t0:.0f}s")
     for unit in failed:
         state = plan.states[unit.id]
-        print(f"  not done: {unit.id} {unit.label}: {state.status} {state.detail}".rstrip())
+        status = state.status
+        if status == "pending" and unit.depends_on and plan.states[unit.depends_on].status != "done":
+            status = "waiting"  # as drolt status says: for its stage-1 unit
+        print(f"  not done: {unit.id} {unit.label}: {status} {state.detail}".rstrip())
     if failed:
-        print(f"drolt run: {len(failed)} unit(s) not done; see `drolt status {args.grid}`; fix and run again "
-              "to retry only those", file=sys.stderr)
+        storage = f" --storage {args.storage}" if args.storage else ""
+        print(f"drolt run: {len(failed)} unit(s) not done; see `drolt status {args.grid}{storage}`; fix and run "
+              "again to retry only those", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -167,21 +182,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of the `drolt` command and its sub-commands."""
     parser = argparse.ArgumentParser(prog="drolt", description="DRO-LT reproduction harness")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _grid_parsers(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     from harness.launch import LaunchError
     try:
         return {"train": cmd_train, "run": cmd_run, "status": cmd_status, "report": cmd_report}[args.command](args)
     except (ValueError, DataError, FileNotFoundError, FolderBusy, LaunchError, TrainingDiverged) as err:
         print(f"drolt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the output went to a reader that stopped (`drolt status ... | head`)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (else Python's exit flush reports the pipe again)
+        return 141  # as a shell reports a command a SIGPIPE ended
     except OSError as err:  # a full disk, a lost mount: the finished epochs are safe on disk
-        print(f"drolt {args.command}: error: {err}. Every finished epoch is saved: fix this and run the same "
-              "command again to resume", file=sys.stderr)
+        trains = args.command == "train" or (args.command == "run" and not args.dry_run)
+        print(f"drolt {args.command}: error: {err}"
+              + (". Every finished epoch is saved: fix this and run the same command again to resume" if trains
+                 else ""), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"drolt {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from drolt.config import (DATA_LOCATION, DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config,
-                          check_keys, from_dict, load_yaml)
+                          from_dict, load_yaml)
 from drolt.data import long_tail_counts
 from drolt.unit import METHODS, UnitConfig, unit_from_dict
 
@@ -140,7 +140,7 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
     root = data_raw.get("root", "data")
     if not isinstance(root, str) or not root:
         raise GridError(f"data.root must be a folder (a path, relative to the grid file); got {root!r}")
-    data_raw["root"] = str((here / root).resolve())
+    data_raw["root"] = str((here / Path(root).expanduser()).resolve())
     for key in ("dataset", "rho", "subset_seed", "profile"):
         if key in data_raw:
             raise GridError(f"data.{key} is set by the grid's axes (datasets, rhos, subset_seeds, profile), "
@@ -155,7 +155,7 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
         raise GridError(f"rhos must all be finite numbers >= 1 (n_max / n_min, e.g. [100, 50, 10]); got {rhos}")
     grid = Grid(name=name, path=path,
                 storage=Path(storage).expanduser().resolve() if storage
-                else (here / _typed(raw, "storage", str, "../runs")).resolve(),
+                else (here / Path(_typed(raw, "storage", str, "../runs")).expanduser()).resolve(),
                 data=data, datasets=datasets, profile=profile, rhos=rhos,
                 subset_seeds=_list(raw, "subset_seeds", int, default=[0]), seeds=_list(raw, "seeds", int),
                 methods=_methods(raw.get("methods")),
@@ -170,10 +170,7 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
     # Checked here too, so a typo under stage2 is caught even when no method has a stage 2, and one under
     # stage1 is named where it was written, not in the first method it reaches.
     _checked(Stage2Config, {**grid.stage2, "mode": "faithful"}, "stage2")
-    try:
-        check_keys(Stage1Config, grid.stage1, "stage1")
-    except ValueError as err:
-        raise GridError(str(err)) from None
+    _checked(Stage1Config, {**grid.stage1, "method": "ce"}, "stage1")  # ce: drw_start_epoch may suit LDAM-DRW only
     _check_class_sizes(grid)
     grid.cpus, grid.gpus = _resources(raw.get("resources", {}))
     expand(grid)  # resolves every unit's settings, so bad stage overrides stop here, before any work
@@ -260,6 +257,12 @@ def _methods(raw: Any) -> list[dict]:
         methods.append({"name": m["name"], "mode": mode, "stage1": dict(m.get("stage1", {})),
                         "stage2": dict(m.get("stage2", {})), "label": label})
     labels = [m["label"] for m in methods]
+    baselines = [m["name"] for m in methods if m["name"] != "dro_lt" and m["label"] == m["name"]]
+    twice = sorted({name for name in baselines if baselines.count(name) > 1})
+    if twice:
+        raise GridError(f"methods lists {', '.join(twice)} twice: a baseline's runs are its stage 1, one for both "
+                        "modes (the tables show every run's final and best-on-test epoch); list it once, or give a "
+                        "variant with other settings a label")
     if len(set(labels)) != len(labels):
         raise GridError(f"methods lists the same method and mode twice: {labels}; give variants of one method a "
                         "label each (e.g. {name: dro_lt, mode: clean, label: clean_t05, stage2: {temperature: 0.5}})")
@@ -330,8 +333,8 @@ def expand(grid: Grid) -> tuple[list[Run], dict[str, Unit]]:
                         run_unit = _units_of(grid, dataset, rho, subset_seed, seed, m, units)
                         if run_unit in label_of:
                             raise GridError(f"methods {label_of[run_unit]!r} and {m['label']!r} are the same work "
-                                            "(their settings resolve to one unit); drop one, or give it other "
-                                            "settings")
+                                            "(their settings resolve to one unit; a baseline's mode does not "
+                                            "change its training); drop one, or give it other settings")
                         label_of[run_unit] = m["label"]
                         runs.append(Run(dataset, rho, subset_seed, seed, m["label"], m["mode"], run_unit))
     return runs, units

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,9 @@ INVALID = {
     "mode_typo": ({"methods": [{"name": "dro_lt", "mode": "faithfull"}]},
                   ["methods[0].mode", "faithfull", "faithful, clean"]),
     "method_unknown_key": ({"methods": [{"name": "ce", "lr": 0.1}]}, ["methods[0]", "'lr'", "allowed", "stage1"]),
-    "method_listed_twice": ({"methods": ["ce", "ce"]}, ["same method", "ce"]),
+    "method_listed_twice": ({"methods": ["ce", "ce"]}, ["lists ce twice"]),
+    # a baseline is its stage 1, the same work in either mode
+    "ce_in_both_modes": ({"methods": ["ce", {"name": "ce", "mode": "clean"}]}, ["lists ce twice", "one for both modes"]),
     "dro_lt_listed_twice_once_by_default_mode": ({"methods": [{"name": "dro_lt"}, {"name": "dro_lt", "mode": "faithful"}]},
                                                  ["same method", "dro_lt_faithful"]),
     "stage2_settings_on_a_stage1_method": ({"methods": [{"name": "ce", "stage2": {"epochs": 3}}]},
@@ -67,7 +70,11 @@ INVALID = {
                              ["'lr_decay_epoch' (did you mean 'lr_decay_epochs'?) in stage1;", "allowed"]),
     "stage1_setting_wrong_type": ({"stage1": {"epochs": "ten"}}, ["'epochs'", "int", "ten"]),
     "stage1_key_not_a_word": ({"stage1": {1: 2}}, ["unknown setting(s) 1 in stage1", "allowed"]),  # YAML's `1:`
-    "stage1_zero_epochs": ({"stage1": {"epochs": 0}}, ["epochs", "> 0", "0"]),
+    "stage1_zero_epochs": ({"stage1": {"epochs": 0}}, ["stage1: epochs must be > 0, got 0"]),
+    "stage2_zero_batch_size": ({"stage2": {"batch_size": 0}}, ["stage2: batch_size must be > 0, got 0"]),
+    # named where it was written, not in the first method it reaches
+    "stage1_setting_a_float": ({"stage1": {"batch_size": 32.5}}, ["'batch_size' in stage1 must be int, got 32.5"]),
+    "lr_decay_epochs_negative": ({"stage1": {"lr_decay_epochs": [-3]}}, ["lr_decay_epochs", ">= 1", "[-3]"]),
     "stage2_classifier_epochs_over_epochs": ({"stage2": {"epochs": 2, "classifier_epochs": 3}},
                                              ["classifier_epochs", "3", "epochs"]),
     "seed_set_in_a_stage_override": ({"stage1": {"seed": 3}}, ["stage1.seed", "seeds"]),
@@ -116,6 +123,28 @@ def test_a_folder_given_as_the_grid_file_is_a_clear_error(tmp_path, capsys):
     assert main(["status", str(tmp_path / "grids")]) == 2
     err = capsys.readouterr().err
     assert "is a folder; give a grid file (YAML), e.g. one of ['a.yaml']" in err and "Every finished epoch" not in err
+
+
+def test_a_home_folder_in_a_grid_files_paths_is_the_users(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    grid = load_grid(_write(tmp_path / "grids" / "g.yaml", {"storage": "~/runs", "data": {"root": "~/data"}}))
+    assert grid.storage == tmp_path / "home" / "runs" and grid.data.root == str(tmp_path / "home" / "data")
+
+
+def test_errors_that_train_nothing_do_not_speak_of_resuming_and_a_closed_pipe_ends_quietly(
+        tmp_path, capsys, monkeypatch):
+    path = _write(tmp_path / "grid.yaml")
+    (tmp_path / "a_file").write_text("")
+    assert main(["report", str(path), "--out", str(tmp_path / "a_file")]) == 1
+    err = capsys.readouterr().err
+    assert "a_file" in err and "resume" not in err
+
+    def closed_pipe(grid):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr("harness.status.status_table", closed_pipe)
+    monkeypatch.setattr("sys.stdout", sys.stdout)  # main points it at /dev/null; put it back afterwards
+    assert main(["status", str(path)]) == 141  # `drolt status grid.yaml | head`
+    assert capsys.readouterr().err == ""
 
 
 def test_stage2_typo_is_rejected_even_when_no_method_has_a_stage_2(tmp_path):

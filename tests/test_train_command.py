@@ -238,6 +238,10 @@ def test_missing_data_folder_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     (["--method", "ce", "--stage1-weights", "model_best.pt"], "drop --stage1-weights, or use --method dro_lt"),
     (["--device", "gpu"], "device must be auto, cpu, cuda or cuda:N; got 'gpu'"),
     (["--set", "stage1.lr_decay_epochs=[1,2"], "--set 'stage1.lr_decay_epochs=[1,2': '[1,2' is not a YAML value"),
+    (["--set", "stage1=5"], "stage1 in the command line must be a mapping of settings (key: value"),
+    (["--set", "data=[cifar10]"], "data in the command line must be a mapping of settings"),
+    (["--set", "stage1.epochs=0"], "stage1 of the command line: epochs must be > 0, got 0"),
+    (["--set", "device=gpu"], "device must be auto, cpu, cuda or cuda:N; got 'gpu'"),
 ])
 def test_impossible_values_stop_before_any_work(tmp_path, capsys, flags, message):
     assert main(["train", "--out", str(tmp_path / "run"), *flags]) == 2
@@ -255,3 +259,30 @@ def test_impossible_out_or_device_in_a_config_file_stop_before_any_work(tmp_path
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_config_files_paths_are_relative_to_it_and_flags_and_set_override_them(tmp_path, monkeypatch):
+    from harness.cli import build_parser, train_settings
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    config = tmp_path / "configs" / "unit.yaml"
+    config.write_text("out: runs/u\ndevice: cpu\ndata: {root: data, synthetic: 20}\n")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def settings(*extra):
+        return train_settings(build_parser().parse_args(["train", "--config", str(config), *extra]))
+    tree, out, device = settings()
+    assert out == tmp_path / "configs" / "runs" / "u" and device == "cpu"
+    assert tree["data"]["root"] == str(tmp_path / "configs" / "data")
+    assert settings("--set", "out=~/x", "--set", "device=auto")[1:] == (tmp_path / "home" / "x", "auto")
+    assert settings("--out", "o", "--data-root", "d")[1] == tmp_path / "elsewhere" / "o"  # flags: the working folder
+    assert settings("--data-root", "d")[0]["data"]["root"] == "d"
+
+
+def test_a_config_section_that_is_no_mapping_is_a_clear_error(tmp_path, capsys):
+    config = tmp_path / "unit.yaml"
+    config.write_text("method: ce\nstage2: [1, 2]\n")
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "stage2 in" in err and "must be a mapping of settings" in err and "Traceback" not in err
