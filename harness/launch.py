@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -70,6 +71,7 @@ def start_ray(address: Optional[str], log: Log) -> None:
         return
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as err:
@@ -81,6 +83,20 @@ def start_ray(address: Optional[str], log: Log) -> None:
     else:
         node_ip = os.environ.get("DROLT_RAY_NODE_IP", "127.0.0.1")
         ray.init(address="local", _node_ip_address=node_ip, **kwargs)
+
+
+def _check_reachable(address: str) -> None:
+    """Raises LaunchError when nothing listens at a HOST:PORT address: ray.init would retry for minutes,
+    printing only Ray's own connection warnings."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or "/" in address:
+        return  # "auto", ray://...: Ray's own forms, left to it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as err:
+        raise LaunchError(f"cannot connect to the Ray cluster at {address}: {err.strerror or err}. Is its head "
+                          "node running (`ray start --head` prints the address to pass)? Or drop --address to "
+                          "run locally") from None
 
 
 def trial_resources(grid: Grid, log: Log) -> dict:

@@ -147,6 +147,22 @@ def test_errors_that_train_nothing_do_not_speak_of_resuming_and_a_closed_pipe_en
     assert capsys.readouterr().err == ""
 
 
+def test_a_ray_address_where_nothing_listens_stops_at_once_naming_it():
+    import socket
+
+    from harness.launch import LaunchError, _check_reachable
+    with socket.socket() as server:  # a free port, closed again: nothing listens there
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+    with pytest.raises(LaunchError, match=f"cannot connect to the Ray cluster at 127.0.0.1:{port}: .*ray start --head"):
+        _check_reachable(f"127.0.0.1:{port}")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        _check_reachable(f"127.0.0.1:{server.getsockname()[1]}")  # something listens: Ray's turn
+    _check_reachable("auto")  # Ray's own forms are left to it
+
+
 def test_stage2_typo_is_rejected_even_when_no_method_has_a_stage_2(tmp_path):
     # Otherwise the typo is silently ignored until someone adds dro_lt to the grid.
     path = _write(tmp_path / "grid.yaml", {"methods": ["ce"], "stage2": {"temprature": 1}})
