@@ -365,10 +365,14 @@ def record_failure(folder: Path, err: BaseException, epoch: Optional[int] = None
 
 
 def recorded_failure(folder: Path) -> Optional[str]:
-    """Returns the failure error.json records ("OSError: ..."), None where there is none or it is unreadable."""
+    """Returns the failure error.json records in one line ("OSError: ..."), None where there is none or it is
+    unreadable. A message of several lines (Ray's word for a process that died) gives its first: status
+    tables and progress lines show one line per unit."""
     try:
         error = read_json(folder / "error.json")
-        return f"{error['type']}: {error['message']}"
+        lines = [line for line in str(error["message"]).splitlines() if line.strip()] or [""]
+        more = " (more in error.json)" if len(lines) > 1 else ""
+        return f"{error['type']}: {lines[0].strip()}{more}"
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

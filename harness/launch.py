@@ -152,11 +152,14 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
 
     from trainables.stage import train_units
 
-    from .progress import GridProgress
+    from .progress import GridProgress, SilentTrialProgress
     grid = plan.grid
     for unit in units:
         prepare(grid.storage, unit)
-    progress = GridProgress(units, plan.count("done"), len(plan.units), _epochs, grid.storage, started, log, every)
+    wave = {u.id for u in units}
+    failed = sum(1 for uid, state in plan.states.items() if state.status == "failed" and uid not in wave)
+    progress = GridProgress(units, plan.count("done"), len(plan.units), _epochs, grid.storage, started, log, every,
+                            failed)
     trials = packs(units, grid.pack_seeds)
     tuner = tune.Tuner(
         tune.with_resources(train_units, resources),
@@ -166,7 +169,8 @@ def _fit_wave(plan: Plan, units: list[Unit], resources: dict, log: Log, every: f
         tune_config=tune.TuneConfig(trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             storage_path=str(grid.storage / "_ray"), name=f"{grid.name}-stage{units[0].stage}-{int(time.time())}",
-            verbose=0, callbacks=[progress], failure_config=tune.FailureConfig(max_failures=grid.max_failures)))
+            verbose=0, callbacks=[progress, SilentTrialProgress()],
+            failure_config=tune.FailureConfig(max_failures=grid.max_failures)))
     results = tuner.fit()
     # A trial whose process died on every retry never wrote error.json: record Ray's word for it.
     errored = set()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from ray.tune import Callback
+from ray.tune.progress_reporter import TrialProgressCallback
 
 from drolt.unit import diverged, epochs_done, recorded_failure
 
@@ -22,10 +23,12 @@ class GridProgress(Callback):
     """Prints a line when a unit starts, finishes or fails, and a status line at most every `every` seconds."""
 
     def __init__(self, units: list[Unit], done_before: int, total: int, epochs_of: Callable[[Unit], int],
-                 storage: Path, started: float, log: Callable[[str], None] = print, every: float = 30.0):
+                 storage: Path, started: float, log: Callable[[str], None] = print, every: float = 30.0,
+                 failed_before: int = 0):
         self.units = {u.id: u for u in units}
         self.storage = storage
-        self.done, self.failed, self.total = done_before, 0, total
+        # the run's counts so far: a run's second wave (stage 2) goes on from its first's
+        self.done, self.failed, self.total = done_before, failed_before, total
         self.epochs_of = epochs_of
         self.log, self.every = log, every
         # unit id -> epochs finished, from the folders: a unit resuming after epoch N starts at N
@@ -99,3 +102,11 @@ class GridProgress(Callback):
             eta = f", this wave's ETA ~{_duration(left * per_epoch / max(1, len(self.running)))}"
         self.log(f"[{_duration(time.time() - self.started)}] {self.done}/{self.total} units done, "
                  f"{self.failed} failed, running: {running or 'none'}{eta}")
+
+
+class SilentTrialProgress(TrialProgressCallback):
+    """Stands in for the per-trial printer Ray Tune adds unless it is given one: Ray 2.60's prints "Trial ...
+    completed. Last result:" for a trial that reported nothing, whatever the verbosity; GridProgress says it."""
+
+    def _print(self, msg: str) -> None:
+        pass

@@ -376,6 +376,18 @@ def test_dry_run_lists_interrupted_units_with_their_epoch_and_failed_ones_with_t
     assert f"{ldam.id}  {ldam.label}: TrainingDiverged: stage 1 epoch 1: training loss is nan" in out
 
 
+def test_a_failure_of_several_lines_is_one_line_in_status(tmp_path, capsys):
+    path = _write(tmp_path / "grid.yaml", {"methods": ["ce"]})
+    (unit,) = _units(load_grid(path)).values()
+    _fake(load_grid(path).storage, unit.id, epochs=2, error=(
+        "ActorDiedError", "The actor died unexpectedly before finishing this task.\n\tclass_name: ImplicitFunc\n"
+                          "\tpid: 5521\nThe actor is dead because its worker process has died."))
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3  # the header, the unit, the totals
+    assert out[1].endswith("ActorDiedError: The actor died unexpectedly before finishing this task. (more in error.json)")
+
+
 def _status_grid(tmp_path):
     path = _write(tmp_path / "grid.yaml", {"seeds": [0, 1], "methods": ["ce", "ldam_drw", "dro_lt"],
                                            "stage1": {"epochs": 4, "drw_start_epoch": 3}})
@@ -510,6 +522,32 @@ def test_progress_counts_a_resumed_unit_from_the_epochs_it_already_has(tmp_path)
     progress.status_line()
     assert "running: aaaaaa ep 2/8, bbbbbb ep 1/8" in lines[-1]
     assert "ETA ~0m06s" in lines[-1]  # 6 + 7 epochs left, 1 s each, 2 at a time
+
+
+def test_progress_goes_on_counting_the_failures_of_the_runs_first_wave(tmp_path):
+    from harness.grid import Unit
+    from harness.progress import GridProgress
+    unit = Unit("cccccc333333", 2, {"stage2": {"epochs": 4}}, "a stage-2 unit")
+    lines = []
+    progress = GridProgress([unit], 2, 6, lambda u: 4, tmp_path, 0.0, lines.append, failed_before=3)
+    progress._finish(unit, ok=False)
+    assert lines[-1].endswith("(2/6 units done, 4 failed)")
+
+
+def test_ray_tunes_per_trial_lines_stay_silent(capsys):
+    from ray.tune.progress_reporter import TrialProgressCallback
+
+    from harness.progress import SilentTrialProgress
+
+    class Trial:  # what the printers read of a trial that reported no epoch
+        last_result: dict = {}
+
+        def __str__(self):
+            return "t1"
+    TrialProgressCallback().on_trial_complete(0, [], Trial())
+    assert "Trial t1 completed" in capsys.readouterr().out  # what Ray 2.60 prints, whatever the verbosity
+    SilentTrialProgress().on_trial_complete(0, [], Trial())
+    assert capsys.readouterr().out == ""
 
 
 def test_seeds_pack_only_with_units_of_the_same_other_settings_and_in_even_packs(tmp_path):
