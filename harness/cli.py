@@ -60,14 +60,14 @@ def train_settings(args: argparse.Namespace) -> tuple[dict, Path, str]:
     if args.config:
         if not args.config.exists():
             raise ValueError(f"config file {args.config} does not exist")
-        tree = load_yaml(args.config) or {}
-        if not isinstance(tree, dict):
+        written = load_yaml(args.config) or {}
+        if not isinstance(written, dict):
             raise ValueError(f"config file {args.config} must hold a mapping (keys method, data, stage1, ...)")
-        tree = {"out": "runs/train", "device": "auto", **tree}
-        _paths_relative_to(tree, args.config.parent)
-    flags = {"out": args.out, "device": args.device, "method": args.method, "data.dataset": args.dataset, "data.rho": args.rho,
-             "data.profile": args.profile, "data.subset_seed": args.subset_seed, "data.root": args.data_root,
-             "data.download": args.download, "data.synthetic": args.synthetic,
+        _paths_relative_to(written, args.config.parent)
+        tree.update(written)
+    flags = {"out": args.out, "device": args.device, "method": args.method, "data.dataset": args.dataset,
+             "data.rho": args.rho, "data.profile": args.profile, "data.subset_seed": args.subset_seed,
+             "data.root": args.data_root, "data.download": args.download, "data.synthetic": args.synthetic,
              "stage1.epochs": args.stage1_epochs, "stage2.epochs": args.stage2_epochs,
              "stage2.classifier_epochs": args.classifier_epochs}
     for stage in ("stage1", "stage2"):
@@ -92,8 +92,8 @@ def train_settings(args: argparse.Namespace) -> tuple[dict, Path, str]:
 
 
 def _paths_relative_to(tree: dict, folder: Path) -> None:
-    """Makes a config file's `out` and `data.root` relative to the file's folder, as a grid file's paths are;
-    the command line's stay relative to the working directory."""
+    """Makes the `out` and `data.root` a config file gives relative to the file's folder, as a grid file's paths
+    are; the command line's and the defaults stay relative to the working directory."""
     if isinstance(tree.get("out"), str) and tree["out"]:
         tree["out"] = str((folder / Path(tree["out"]).expanduser()).resolve())
     data = tree.get("data")

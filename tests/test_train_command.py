@@ -278,6 +278,8 @@ def test_a_config_files_paths_are_relative_to_it_and_flags_and_set_override_them
     assert settings("--set", "out=~/x", "--set", "device=auto")[1:] == (tmp_path / "home" / "x", "auto")
     assert settings("--out", "o", "--data-root", "d")[1] == tmp_path / "elsewhere" / "o"  # flags: the working folder
     assert settings("--data-root", "d")[0]["data"]["root"] == "d"
+    config.write_text("method: ce\n")  # the default output folder is the working folder's runs/train
+    assert settings()[1] == tmp_path / "elsewhere" / "runs" / "train"
 
 
 def test_a_config_section_that_is_no_mapping_is_a_clear_error(tmp_path, capsys):
