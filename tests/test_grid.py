@@ -57,7 +57,8 @@ INVALID = {
     "method_unknown_key": ({"methods": [{"name": "ce", "lr": 0.1}]}, ["methods[0]", "'lr'", "allowed", "stage1"]),
     "method_listed_twice": ({"methods": ["ce", "ce"]}, ["lists ce twice"]),
     # a baseline is its stage 1, the same work in either mode
-    "ce_in_both_modes": ({"methods": ["ce", {"name": "ce", "mode": "clean"}]}, ["lists ce twice", "one for both modes"]),
+    "ce_in_both_modes": ({"methods": ["ce", {"name": "ce", "mode": "clean"}]},
+                         ["lists ce twice", "one for both modes"]),
     "dro_lt_listed_twice_once_by_default_mode": ({"methods": [{"name": "dro_lt"}, {"name": "dro_lt", "mode": "faithful"}]},
                                                  ["same method", "dro_lt_faithful"]),
     "stage2_settings_on_a_stage1_method": ({"methods": [{"name": "ce", "stage2": {"epochs": 3}}]},
@@ -385,7 +386,8 @@ def test_a_failure_of_several_lines_is_one_line_in_status(tmp_path, capsys):
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3  # the header, the unit, the totals
-    assert out[1].endswith("ActorDiedError: The actor died unexpectedly before finishing this task. (more in error.json)")
+    assert out[1].endswith("ActorDiedError: The actor died unexpectedly before finishing this task. "
+                           "(more in error.json)")
 
 
 def _status_grid(tmp_path):

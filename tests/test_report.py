@@ -90,7 +90,8 @@ def test_frame_has_one_row_per_run_with_settings_metrics_wall_times_and_provenan
     frame = build_frame(grid)
     assert len(frame) == 12  # 2 rhos x 2 seeds x 3 methods
     row = frame[(frame.method == "dro_lt_faithful") & (frame.rho == 100) & (frame.seed == 1)].iloc[0]
-    assert (row.last_top1, row.best_top1, row.best_epoch, row.selected) == (49.0, 50.0, 2, "best")  # epochs counted from 1
+    # epochs counted from 1
+    assert (row.last_top1, row.best_top1, row.best_epoch, row.selected) == (49.0, 50.0, 2, "best")
     assert (row.last_many_n, row.last_medium_n, row.last_few_n) == (35, 35, 30)
     assert row.last_many == pytest.approx(59.0) and row.last_ncm_few == pytest.approx(34.0)
     assert (row.stage1_wall_time_s, row.stage2_wall_time_s) == (100.0, 200.0)  # stage 1 from its own unit
@@ -213,7 +214,8 @@ def test_a_run_finishing_while_the_report_is_built_is_counted_once(grid, tmp_pat
 
 
 def test_delta_is_the_difference_of_the_numbers_printed_beside_it(tmp_path):
-    grid = _finished_grid(tmp_path, GRID.replace("rhos: [100, 10]", "rhos: [100]").replace("methods: [ce, ", "methods: [ce]\n#"))
+    grid = _finished_grid(tmp_path, GRID.replace("rhos: [100, 10]", "rhos: [100]")
+                          .replace("methods: [ce, ", "methods: [ce]\n#"))
     for seed, top1 in ((0, 41.94), (1, 41.95)):  # mean 41.945, printed 41.95; paper 38.32
         run = next(r for r in expand(grid)[0] if r.seed == seed)
         result = json.loads((grid.storage / run.unit_id / "result.json").read_text())
