@@ -449,7 +449,8 @@ def _finished_units_time(storage: Path, units: dict) -> float:
     """Returns the training time (s) of the grid's finished units, also stage-1 units none of whose runs has
     finished; seeds trained packed count their share of the pack's time."""
     results = [_result_or_none(storage, unit_id) for unit_id in units]
-    return sum(r.get("own_time_s", r["wall_time_s"]) for r in results if r is not None)
+    # A result without its times (written by hand, or by an early drolt) adds nothing rather than stop the report.
+    return sum(r.get("own_time_s", r.get("wall_time_s", 0.0)) for r in results if r is not None)
 
 
 def _markdown_report(grid: Grid, frame: pd.DataFrame, tables: dict, missing: list[Run], figures: list[Path],
