@@ -401,10 +401,13 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
 def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
                 stage1_weights: Optional[str | Path]) -> dict[int, dict]:
     settings = unit.as_dict()
-    if stage1_weights:  # which weights stage 2 starts from is part of the work, wherever the file lies
-        if not Path(stage1_weights).is_file():
+    if stage1_weights:
+        path = Path(stage1_weights).expanduser().resolve()
+        if not path.is_file():
             raise ValueError(f"stage-1 weights {stage1_weights} do not exist; {_WEIGHTS_FIX}")
-        settings["stage1_weights_sha256"] = hashlib.sha256(Path(stage1_weights).read_bytes()).hexdigest()
+        # Given weights replace stage 1's settings, which would say how a stage 1 that never ran here trains;
+        # which weights they are is part of the work (their hash), where the file lies is not.
+        settings["stage1"] = {"weights": str(path), "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     _check_same_unit(out, settings)
     for line in unit.stage1.warnings():
         log(f"warning: {line}")
@@ -424,7 +427,8 @@ def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
     return results
 
 
-_NOT_THE_WORK = {f"data.{key}" for key in DATA_LOCATION}  # as in a grid's unit ids
+# where the data and given weights are read from (their contents are the work: data settings, weights' hash)
+_NOT_THE_WORK = {*(f"data.{key}" for key in DATA_LOCATION), "stage1.weights"}
 
 
 _WEIGHTS_FIX = "pass stage1/model_best.pt or stage1/model_last.pt of a finished CE stage 1 on this dataset"
@@ -461,16 +465,27 @@ def _check_same_unit(out: Path, settings: dict) -> None:
         raise ValueError(f"{out} holds a training whose settings are missing or unreadable ({out / 'unit.yaml'}): "
                          f"nothing says whether they are the ones asked for now; give --out a new folder, or "
                          f"delete {out} to start over")
+    if "stage1_weights_sha256" in stored:  # how drolt wrote given weights before they replaced stage1's settings
+        stored["stage1"] = {"weights_sha256": stored.pop("stage1_weights_sha256")}
     old, new = _flat(stored), _flat(settings)
+    given = "stage1.weights_sha256"
+    # a stage 1 trained here and one given as weights have no settings in common: their change is said once
+    skip = {k for k in old.keys() | new.keys() if k.startswith("stage1.")} if (given in old) != (given in new) else ()
     # Keys the stored file lacks came with a later version of drolt: its run used their defaults.
     changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k] and k not in _NOT_THE_WORK)
-    changed += sorted(k for k in old.keys() - new.keys())  # a stage the unit had and has no more
-    if "stage1_weights_sha256" in new.keys() - old.keys() and not changed:
-        trained = "stage 1 and stage 2 were" if any(out.glob("stage2/*")) else "stage 1 was"
-        raise ValueError(f"{out} holds a unit whose {trained} trained here without --stage1-weights: stage 2 "
-                         "starts from this folder's stage 1; drop --stage1-weights to go on with it, or give "
-                         "--out a new folder to start stage 2 from the weights given")
-    changed += sorted(k for k in new.keys() - old.keys() if k == "stage1_weights_sha256")
+    changed += sorted(k for k in old.keys() - new.keys() if k not in skip)  # a stage the unit had and has no more
+    if skip and not changed:
+        if given in new:
+            trained = "stage 1 and stage 2 were" if any(out.glob("stage2/*")) else "stage 1 was"
+            raise ValueError(f"{out} holds a unit whose {trained} trained here without --stage1-weights: stage 2 "
+                             "starts from this folder's stage 1; drop --stage1-weights to go on with it, or give "
+                             "--out a new folder to start stage 2 from the weights given")
+        where = old.get("stage1.weights", "(its path not recorded)")
+        raise ValueError(f"{out} holds a stage 2 started from --stage1-weights {where} "
+                         "(unit.yaml has the file's hash): pass the same weights to go on with it, or give --out a "
+                         "new folder to train stage 1 there")
+    changed += [given] if skip else []
+    changed += ["stage1.weights"] if given in changed and "stage1.weights" in old.keys() & new.keys() else []
     if changed:
         shown = ", ".join(f"{k}: {old.get(k, '-')!r} -> {new.get(k, '-')!r}" for k in changed[:6])
         raise ValueError(f"{out} holds a unit trained with other settings ({shown}"

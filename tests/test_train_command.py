@@ -1,11 +1,15 @@
 """`drolt train`: one unit in-process, its output folder, resume after an interruption, and bad input."""
+import dataclasses
+import hashlib
 import json
 
 import pytest
 import torch
+import yaml
 
 import drolt.unit
 from drolt.checkpoint import load_state
+from drolt.config import Stage1Config
 from harness.cli import main
 
 TINY = ["--method", "dro_lt", "--dataset", "cifar10", "--rho", "10", "--synthetic", "20",
@@ -146,7 +150,7 @@ def test_stage1_weights_must_be_a_stage_1_models_weights_and_stay_the_same_in_on
     # Other weights into the same folder would resume or reuse a stage 2 they did not start.
     assert (first / "stage1/model_best.pt").read_bytes() != (first / "stage1/model_last.pt").read_bytes()
     assert _train(tmp_path, tmp_path / "s2", "--stage1-weights", str(first / "stage1/model_last.pt")) == 2
-    assert "stage1_weights_sha256" in capsys.readouterr().err
+    assert "stage1.weights_sha256" in capsys.readouterr().err
 
 
 def test_a_clean_stage_2_starts_from_stage_1s_last_weights_whatever_stage_1s_mode(tmp_path, monkeypatch):
@@ -173,7 +177,31 @@ def test_adding_stage1_weights_to_a_folder_whose_stage_2_trained_without_them_is
     err = capsys.readouterr().err
     assert "stage 1 and stage 2 were trained here without --stage1-weights" in err
     assert "drop --stage1-weights" in err
-    assert "stage1_weights_sha256" not in (out / "unit.yaml").read_text()
+    assert "weights_sha256" not in (out / "unit.yaml").read_text()
+
+
+def test_a_folder_started_from_stage1_weights_records_them_instead_of_stage_1_settings(tmp_path, capsys):
+    first, out = tmp_path / "first", tmp_path / "s2"
+    assert _train(tmp_path, first, "--method", "ce") == 0
+    weights = first / "stage1/model_best.pt"
+    assert _train(tmp_path, out, "--stage1-weights", str(weights)) == 0
+    recorded = yaml.safe_load((out / "unit.yaml").read_text())
+    assert recorded["stage1"] == {"weights": str(weights.resolve()),
+                                  "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    # Stage-1 settings do not enter a folder whose stage 1 was given: it goes on under other ones.
+    capsys.readouterr()
+    assert _train(tmp_path, out, "--stage1-weights", str(weights), "--stage1-epochs", "3") == 0
+    assert "stage 2: already complete" in capsys.readouterr().out
+    # Without the weights, a stage 1 would train here while stage 2 already started from other weights.
+    assert _train(tmp_path, out) == 2
+    err = capsys.readouterr().err
+    assert "started from --stage1-weights " + str(weights.resolve()) in err and "pass the same weights" in err
+    # A folder drolt wrote before given weights replaced stage 1's settings (their hash beside them) goes on.
+    recorded = yaml.safe_load((out / "unit.yaml").read_text())
+    legacy = {**recorded, "stage1": dataclasses.asdict(Stage1Config()),
+              "stage1_weights_sha256": recorded["stage1"]["weights_sha256"]}
+    (out / "unit.yaml").write_text(yaml.safe_dump(legacy, sort_keys=False))
+    assert _train(tmp_path, out, "--stage1-weights", str(weights)) == 0
 
 
 def test_stage1_weights_into_a_folder_whose_stage_1_alone_trained_names_that_stage(tmp_path, monkeypatch, capsys):
