@@ -55,7 +55,12 @@ def write_figures(frame: pd.DataFrame, storage: Path, out: Path) -> tuple[list[P
     written, skipped = [], []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
         for name, draw in drawers.items():
-            fig = draw()
+            try:
+                fig = draw()
+            except Exception as err:  # records of another form: said, while the tables and other figures are written
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                skipped.append(f"{name}: could not be drawn ({type(err).__name__}: {first})")
+                continue
             if fig is None:
                 skipped.append(f"{name}: {SKIP_REASONS[name]}")
                 continue

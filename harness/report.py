@@ -82,11 +82,11 @@ def _row(grid: Grid, run: Run, units: dict) -> dict:
         row.update({f"{selection}_{m}": record.get(m, math.nan) for m in METRICS})
         row[f"{selection}_epoch"] = record["epoch"] + 1  # counted from 1, as drolt train and the curves count
     row["reported_top1"] = row[f"{row['selected']}_top1"]
-    row["stage1_wall_time_s"] = stage1["wall_time_s"] if stage1 else math.nan
-    # Seeds trained packed (pack_seeds) each record the pack's time; their own share divides it among them.
-    row["stage1_own_time_s"] = stage1.get("own_time_s", stage1["wall_time_s"]) if stage1 else math.nan
-    row["stage2_wall_time_s"] = result["wall_time_s"] if unit.stage == 2 else math.nan
-    row["stage2_own_time_s"] = result.get("own_time_s", result["wall_time_s"]) if unit.stage == 2 else math.nan
+    for stage, done in (("stage1", stage1), ("stage2", result if unit.stage == 2 else None)):
+        wall = done.get("wall_time_s", math.nan) if done else math.nan  # a result written by hand may lack it
+        row[f"{stage}_wall_time_s"] = wall
+        # Seeds trained packed (pack_seeds) each record the pack's time; their own share divides it among them.
+        row[f"{stage}_own_time_s"] = done.get("own_time_s", wall) if done else math.nan
     row["unit_id"] = unit.id
     row["stage1_unit_id"] = unit.depends_on or unit.id
     row.update({k: result.get("provenance", {}).get(k, "unknown") for k in PROVENANCE})
@@ -362,13 +362,17 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     from .figures import FIGURES, write_figures  # seaborn is imported only when a report is drawn
 
     log = log or (lambda line: None)
-    out = Path(out_dir).expanduser().resolve() if out_dir else grid.results
-    out.mkdir(parents=True, exist_ok=True)
-    frame = build_frame(grid)
     runs, units = expand(grid)
+    out = Path(out_dir).expanduser().resolve() if out_dir else grid.results
     if not any((grid.storage / unit_id).exists() for unit_id in units):
+        if (out / "report.md").exists():  # a wrong --storage must not empty a report made from the right one
+            raise ValueError(f"no run of this grid is in {grid.storage}, and {out} holds a report that empty "
+                             "tables would replace; pass the --storage that its `drolt run` used (or --out a new "
+                             "folder for the tables with the published numbers alone)")
         log(f"report: no run of this grid in {grid.storage}, so the tables are empty; pass the --storage "
             "that its `drolt run` used")
+    out.mkdir(parents=True, exist_ok=True)
+    frame = build_frame(grid)
     # From the frame, not read again: a run finishing meanwhile (drolt report during a drolt run) must be in one.
     reported = set(frame["unit_id"])
     missing = [run for run in runs if run.unit_id not in reported]
@@ -377,7 +381,7 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     written: list[Path] = []
 
     def write(name: str, text: str) -> None:
-        (out / name).write_text(text)
+        (out / name).write_text(text, encoding="utf-8")  # the tables hold ρ, ± and Δ, whatever the locale
         written.append(out / name)
 
     write("runs.csv", frame.to_csv(index=False))

@@ -431,8 +431,15 @@ def test_status_and_report_of_a_grid_with_nothing_in_its_storage_say_where_they_
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1].startswith(f"nothing of this grid is in {load_grid(path).storage} yet")
-    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
+    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0  # the published numbers alone
     assert "report: no run of this grid in" in capsys.readouterr().out
+    # ... but an empty report does not replace one made from the storage the run used: refused, writing nothing
+    (tmp_path / "report" / "report.md").write_text("an earlier report")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "report").iterdir()}
+    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert f"no run of this grid is in {load_grid(path).storage}" in err and "pass the --storage" in err
+    assert {f.name: f.read_bytes() for f in (tmp_path / "report").iterdir()} == before
     # ... and not once something of it is there: a unit that failed, or a run that just started its trials
     (load_grid(path).storage / next(iter(expand(load_grid(path))[1]))).mkdir(parents=True)
     assert main(["status", str(path)]) == 0

@@ -6,6 +6,9 @@ for a CIFAR-100-LT grid (official data: 35/35/30 classes at rho 100, 69/31/0 at 
 """
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -384,3 +387,32 @@ def test_the_wall_time_total_counts_the_time_of_seeds_trained_packed_once(grid, 
     assert (frame["stage1_own_time_s"] == 50).all() and (frame["stage2_own_time_s"].dropna() == 100).all()
     write_report(grid, tmp_path / "packed", log=lambda line: None)
     assert "- wall time: 0.28 h" in (tmp_path / "packed" / "report.md").read_text()  # 200 + 800 s
+
+
+def test_records_of_another_form_still_give_the_tables_and_name_the_figures_they_could_not_draw(grid, tmp_path):
+    # a finished CE run written without its split sizes and wall time (by hand, or by another version)
+    run = next(r for r in expand(grid)[0] if r.method == "ce" and r.rho == 100 and r.seed == 0)
+    path = grid.storage / run.unit_id / "result.json"
+    result = json.loads(path.read_text())
+    for selection in ("last", "best"):
+        for split in ("many_n", "medium_n", "few_n"):
+            del result[selection][split]
+    del result["wall_time_s"]
+    path.write_text(json.dumps(result))
+    notes = []
+    paths = {p.name for p in write_report(grid, tmp_path / "out", log=notes.append)}
+    assert {"report.md", "top1_last.csv", "curves.png"} <= paths
+    assert any(n.startswith("report: skipped per_class_accuracy.png: could not be drawn (ValueError: run ")
+               for n in notes)
+    assert math.isnan(build_frame(grid).set_index("unit_id").loc[run.unit_id, "stage1_wall_time_s"])
+    assert "12 of 12 runs finished" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_files_are_utf8_whatever_the_locale(grid, tmp_path):
+    # the tables hold ρ, ± and Δ: under an ASCII locale (Python's UTF-8 mode off) they must still be written
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = "import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "report", str(tmp_path / "tiny.yaml"), "--out",
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "± 1.41" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
