@@ -191,7 +191,8 @@ def load_yaml(path: Path) -> Any:
     """Returns the YAML document in a settings file; invalid YAML or a key given twice raises ValueError
     naming the file and the line."""
     try:
-        with path.open() as stream:  # a stream, so that the error's position names the file
+        # a stream, so that the error's position names the file; UTF-8 as YAML is, whatever the locale
+        with path.open(encoding="utf-8") as stream:
             return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as err:
         raise ValueError(f"not valid YAML: {err}") from None

@@ -409,7 +409,10 @@ def test_records_of_another_form_still_give_the_tables_and_name_the_figures_they
 
 
 def test_report_files_are_utf8_whatever_the_locale(grid, tmp_path):
-    # the tables hold ρ, ± and Δ: under an ASCII locale (Python's UTF-8 mode off) they must still be written
+    # the tables hold ρ, ± and Δ: under an ASCII locale (Python's UTF-8 mode off) they must still be written,
+    # and a grid file written in UTF-8 read
+    grid_file = tmp_path / "tiny.yaml"
+    grid_file.write_text("# ρ = n_max / n_min\n" + grid_file.read_text(), encoding="utf-8")
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     code = "import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, "report", str(tmp_path / "tiny.yaml"), "--out",
