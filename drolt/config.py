@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Sequence, get_type_hints
 
 import yaml
 
@@ -50,7 +50,8 @@ class SpeedSettings:
     """How a stage computes, not what: each setting is tested to give what the plain path gives (on a CPU;
     CUDA graphs and bf16 tensor cores are checked on a GPU by benchmarks/same_numbers.py and
     benchmarks/graph_augment_check.py)."""
-    eval_batch_size: int = 1000   # images per forward pass when evaluating or building centroid banks
+    eval_batch_size: int = 1000   # images per chunk when evaluating or building centroid banks: one forward
+                                  # pass on a GPU, passes of 128 on a CPU (drolt.speed.eval_forward)
     channels_last: bool = False   # channels-last memory format (drolt/speed.py)
     precision: str = "fp32"       # "fp32" or "bf16" (autocast; on CUDA)
     compile: bool = False         # torch.compile the model's forward
@@ -218,12 +219,16 @@ def from_dict(cls: type, values: dict[str, Any] | None, where: str = "") -> Any:
 def check_keys(cls: type, values: dict, where: str = "") -> None:
     """Raises ValueError naming the keys of `values` that are no setting of `cls`, each with the closest
     setting's name when one is close (a typo), and the allowed names."""
-    names = [f.name for f in dataclasses.fields(cls)]
+    check_names([f.name for f in dataclasses.fields(cls)], values, where)
+
+
+def check_names(names: Sequence[str], values: dict, where: str = "", what: str = "setting") -> None:
+    """`check_keys` for the names given: raises ValueError naming the keys of `values` not among them."""
     unknown = sorted(set(values) - set(names), key=str)  # YAML keys may be numbers, booleans or null
     if unknown:
         guesses = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in
                                         difflib.get_close_matches(str(key), names, n=1)) for key in unknown]
-        raise ValueError(f"unknown setting(s) {', '.join(guesses)}{_at(where)}; allowed: {', '.join(names)}")
+        raise ValueError(f"unknown {what}(s) {', '.join(guesses)}{_at(where)}; allowed: {', '.join(names)}")
 
 
 def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:

@@ -31,6 +31,21 @@ def autocast(device: torch.device, precision: str, cache: bool = True) -> Contex
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
+# A CPU evaluates ResNet-32 fastest in small forward passes, whose activations stay in its caches: on a 2-core
+# x86 machine 0.9 ms an image in passes of 128 images, 2.3 ms in passes of 1000
+# (results/benchmarks/cpu_eval_rows.txt). A GPU wants the large ones eval_batch_size gives.
+CPU_FORWARD_ROWS = 128
+
+
+def eval_forward(net: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor) -> tuple[Tensor, Tensor]:
+    """Returns net(x) for an evaluation chunk: in one pass on a GPU, in passes of CPU_FORWARD_ROWS rows on a CPU
+    (eval mode computes every row on its own, so the parts give what one pass gives, up to float rounding)."""
+    if x.device.type != "cpu" or len(x) <= CPU_FORWARD_ROWS:
+        return net(x)
+    parts = [net(part) for part in torch.split(x, CPU_FORWARD_ROWS)]
+    return torch.cat([z for z, _ in parts]), torch.cat([logits for _, logits in parts])
+
+
 def model_input(x: Tensor, channels_last: bool) -> Tensor:
     """Returns the batch in the memory format the model was prepared for."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -70,14 +70,13 @@ def augment_generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def check_finite(losses: Sequence[float], stage: int, epoch: int, names: Sequence[str]) -> None:
-    """Raises TrainingDiverged when a unit's mean loss of the epoch is not finite (`losses` and `names`: one
-    per unit of the pack)."""
+    """Raises TrainingDiverged when a unit's mean loss of the 0-based `epoch` is not finite (`losses` and
+    `names`: one per unit of the pack); the message counts epochs from 1, as the progress lines do."""
     for member, (loss, name) in enumerate(zip(losses, names)):
         if not math.isfinite(loss):
             which = f" ({name}, trained packed with others)" if len(losses) > 1 else ""
-            raise TrainingDiverged(f"stage {stage} epoch {epoch}{which}: training loss is {loss}; lower the "
-                                   "learning rate or check the data (the unit is recorded as failed)",
-                                   member if len(losses) > 1 else None)
+            raise TrainingDiverged(f"stage {stage} epoch {epoch + 1}{which}: training loss is {loss}; lower the "
+                                   "learning rate or check the data", member if len(losses) > 1 else None)
 
 
 @torch.no_grad()
@@ -95,7 +94,7 @@ def extract(net: Callable[[Tensor], tuple[Tensor, Tensor]], items: Tensor, batch
     for chunk in torch.split(items, batch_size):
         x = speed.model_input(transform(chunk), channels_last)  # outside autocast: the model's precision only
         with speed.autocast(items.device, precision):
-            z, out = net(x)
+            z, out = speed.eval_forward(net, x)
         # copies: with CUDA graphs the next chunk's replay reuses these outputs' memory
         feats.append(z.to(torch.float32, copy=True))
         logits.append(out.to(torch.float32, copy=True))

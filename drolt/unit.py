@@ -27,7 +27,7 @@ import yaml
 
 from .checkpoint import (atomic_write, discard_partial_writes, folder_lock, load_state, read_json, save_state,
                          save_state_keeping_previous, write_json, write_jsonl)
-from .config import DATA_LOCATION, DataConfig, Stage1Config, Stage2Config, from_dict
+from .config import DATA_LOCATION, DataConfig, Stage1Config, Stage2Config, check_names, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from .model import resnet32
 from .packed import PER_UNIT, PER_UNIT_DATA, unit_names
@@ -59,12 +59,11 @@ class UnitConfig:
         return out
 
 
-def unit_from_dict(values: dict, where: str = "unit") -> UnitConfig:
-    """Returns a validated UnitConfig from nested plain data; names the bad key on error."""
+def unit_from_dict(values: dict, where: str = "unit", taken: Sequence[str] = ()) -> UnitConfig:
+    """Returns a validated UnitConfig from nested plain data; names the bad key on error (`taken`: the keys the
+    caller read from the same place before, named among the allowed ones)."""
     values = dict(values)
-    unknown = sorted(set(values) - {"method", "data", "stage1", "stage2"})
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: method, data, stage1, stage2")
+    check_names(["method", "data", "stage1", "stage2", *taken], values, where, what="key")
     method = values.get("method", "dro_lt")
     if method not in METHODS:
         raise ValueError(f"method in {where} must be one of {', '.join(METHODS)}; got {method!r}")
@@ -393,6 +392,8 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
         raise ValueError(f"stage-1 weights start stage 2, which method {unit.method!r} does not have (it trains "
                          "stage 1 alone); drop --stage1-weights, or use --method dro_lt")
     out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give a folder (or one that does not exist yet)")
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, holder="another drolt train"):
         return _run_stages(unit, out, device, log, stage1_weights)
@@ -408,6 +409,7 @@ def _run_stages(unit: UnitConfig, out: Path, device: torch.device, log: Log,
         # Given weights replace stage 1's settings, which would say how a stage 1 that never ran here trains;
         # which weights they are is part of the work (their hash), where the file lies is not.
         settings["stage1"] = {"weights": str(path), "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        _check_weights_data(path, unit.data, log)
     _check_same_unit(out, settings)
     for line in unit.stage1.warnings():
         log(f"warning: {line}")
@@ -450,6 +452,29 @@ def load_stage1_weights(path: Path, num_classes: int) -> dict:
         raise ValueError(f"{path} does not hold the weights of a ResNet-32 with a linear head for {num_classes} "
                          f"classes ({first}); {_WEIGHTS_FIX} (LDAM-DRW's cosine head cannot start DRO-LT)") from None
     return weights
+
+
+def _check_weights_data(path: Path, data: DataConfig, log: Log) -> None:
+    """Raises ValueError when the unit.yaml beside stage-1 weights (drolt train's folder above stage1/, or a
+    grid unit's own folder) says they trained on other data than stage 2 is to train on: a stage 2 at rho 100
+    from a rho-10 stage 1 would run to the end and report a unit that is neither. Without one, says so."""
+    stored = next((folder / "unit.yaml" for folder in (path.parent, path.parent.parent)
+                   if (folder / "unit.yaml").is_file()), None)
+    try:
+        trained = yaml.safe_load(stored.read_text())["data"] if stored else None
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        trained = None
+    if not isinstance(trained, dict):
+        log(f"warning: no readable unit.yaml beside {path}, so nothing says the weights trained on the data "
+            f"stage 2 trains on ({data.dataset} rho {data.rho:g}); check that they did")
+        return
+    asked = {key: value for key, value in dataclasses.asdict(data).items() if key not in DATA_LOCATION}
+    differ = [key for key, value in asked.items() if key in trained and trained[key] != value]
+    if differ:
+        shown = ", ".join(f"{key} {trained[key]!r} there, {asked[key]!r} here" for key in differ)
+        raise ValueError(f"the stage-1 weights {path} trained on other data than stage 2 is to train on ({shown}; "
+                         f"{stored}); give the data settings they trained with (--dataset, --rho, --synthetic, "
+                         "--set data.KEY=VALUE) or weights trained on this data")
 
 
 def _check_same_unit(out: Path, settings: dict) -> None:

@@ -103,7 +103,8 @@ def _paths_relative_to(tree: dict, folder: Path) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     tree, out, device_name = train_settings(args)
-    unit = unit_from_dict(tree, where=f"{args.config} and the command line" if args.config else "the command line")
+    unit = unit_from_dict(tree, where=f"{args.config} and the command line" if args.config else "the command line",
+                          taken=("out", "device"))
     device = resolve_device(device_name)
     stages = (2,) if args.stage1_weights and 2 in unit.stages() else unit.stages()
     print(f"drolt train: method {unit.method}, stages {stages}, device {device}, output {out}", flush=True)

@@ -822,3 +822,14 @@ def test_a_retried_trial_keeps_a_diverged_units_error(tmp_path, monkeypatch):
     trainables.stage.train_units({"units": [{**dataclasses.asdict(unit), "drolt": unit.drolt_settings()}],
                                   "storage": str(grid.storage)})
     assert json.loads((folder / "error.json").read_text())["type"] == "TrainingDiverged"
+
+
+@pytest.mark.parametrize("flags", [["run", "--dry-run", "--storage"], ["status", "--storage"], ["report", "--out"],
+                                   ["report", "--storage"]])
+def test_a_file_given_as_a_folder_is_named_before_any_work(tmp_path, capsys, flags):
+    path, afile = _write(tmp_path / "grid.yaml"), tmp_path / "notes.txt"
+    afile.write_text("kept")
+    assert main([flags[0], str(path), *flags[1:], str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert f"{afile} is a file, not a folder" in err and "resume" not in err
+    assert afile.read_text() == "kept"

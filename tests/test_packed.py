@@ -256,7 +256,7 @@ def test_a_unit_that_diverges_alone_is_recorded_and_a_retried_trial_leaves_it_be
     unit, folder = UnitConfig(method="ce", stage1=s1(lr=1e30, warmup_epochs=0)), tmp_path / "unit"
     assert run_pack(1, [unit], [folder], tiny, CPU, lambda line: None) == [None]
     error = json.loads((folder / "error.json").read_text())
-    assert error["type"] == "TrainingDiverged" and "stage 1 epoch 0" in error["message"]
+    assert error["type"] == "TrainingDiverged" and "stage 1 epoch 1:" in error["message"]  # counted from 1
     # a trial Ray retries (its process died after this seed's pack went on) does not train it again
     assert run_pack(1, [unit], [folder], tiny, CPU, lambda line: None) == [None]
     assert json.loads((folder / "error.json").read_text()) == error and not (folder / "state.pt").exists()

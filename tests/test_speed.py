@@ -202,3 +202,20 @@ def test_graphed_runs_a_stateful_step_once_per_call_and_records_anew_for_each_ke
     assert total.item() == 12, "one step per call"
     assert len(fake_cuda_graphs) == 3, "0.1, 0.2, then 0.1 again: its recording was dropped for 0.2's"
     assert [g.replays for g in fake_cuda_graphs] == [1, 0, 0]
+
+
+def test_a_cpu_evaluates_a_chunk_in_passes_of_128_that_give_the_one_pass_outputs():
+    torch.manual_seed(0)
+    model = resnet32(10).eval()
+    sizes = []
+
+    def net(x):
+        sizes.append(len(x))
+        return model(x)
+    x = torch.randn(300, 3, 32, 32)
+    with torch.no_grad():
+        z, logits = speed.eval_forward(net, x)
+        whole_z, whole_logits = model(x)
+    assert sizes == [128, 128, 44]
+    torch.testing.assert_close(z, whole_z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, whole_logits, rtol=1e-5, atol=1e-5)

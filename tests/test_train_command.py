@@ -204,6 +204,39 @@ def test_a_folder_started_from_stage1_weights_records_them_instead_of_stage_1_se
     assert _train(tmp_path, out, "--stage1-weights", str(weights)) == 0
 
 
+def test_stage1_weights_trained_on_other_data_are_refused_and_weights_without_their_settings_warned_of(
+        tmp_path, capsys):
+    first = tmp_path / "first"
+    assert _train(tmp_path, first, "--method", "ce") == 0  # rho 10
+    weights = first / "stage1/model_best.pt"
+    capsys.readouterr()
+    assert _train(tmp_path, tmp_path / "s2", "--stage1-weights", str(weights), "--rho", "100") == 2
+    err = capsys.readouterr().err
+    assert "trained on other data than stage 2 is to train on (rho 10.0 there, 100.0 here" in err
+    assert not (tmp_path / "s2" / "stage2").exists()
+    loose = tmp_path / "loose.pt"  # copied away from the folder that says what it trained on
+    loose.write_bytes(weights.read_bytes())
+    assert _train(tmp_path, tmp_path / "s2", "--stage1-weights", str(loose)) == 0
+    assert f"warning: no readable unit.yaml beside {loose.resolve()}" in capsys.readouterr().out
+
+
+def test_a_file_given_as_out_is_named_before_any_work(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("kept")
+    assert _train(tmp_path, tmp_path / "notes.txt") == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'notes.txt'} is a file, not a folder" in err and "resume" not in err
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+
+
+def test_a_diverging_run_names_the_epoch_as_the_progress_lines_count_it(tmp_path, capsys):
+    out = tmp_path / "nan"
+    assert _train(tmp_path, out, "--method", "ce", "--set", "stage1.lr=1e30", "--set", "stage1.warmup_epochs=0",
+                  "--set", "stage1.lr_decay_epochs=[]") == 2
+    err = capsys.readouterr().err
+    saved = len(_history(out / "stage1")) if (out / "stage1" / "metrics.jsonl").exists() else 0
+    assert f"stage 1 epoch {saved + 1}: training loss is nan" in err and "recorded as failed" not in err
+
+
 def test_stage1_weights_into_a_folder_whose_stage_1_alone_trained_names_that_stage(tmp_path, monkeypatch, capsys):
     other, out = tmp_path / "other", tmp_path / "run"
     assert _train(tmp_path, other, "--seed", "7", "--method", "ce") == 0  # a stage 1's weights
@@ -241,6 +274,11 @@ def test_unknown_setting_is_rejected_naming_the_key(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'temprature' (did you mean 'temperature'?) in stage2 of the command line" in err
     assert not (tmp_path / "run" / "stage1").exists()
+    # a top-level key: out and device are named among the allowed ones, as --help and the README give them
+    assert _train(tmp_path, tmp_path / "run", "--set", "outt=elsewhere") == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) 'outt' (did you mean 'out'?) in the command line; allowed: method, data, stage1, " \
+           "stage2, out, device" in err
 
 
 def test_stage_2_settings_for_a_one_stage_method_are_named_as_having_no_effect(tmp_path, capsys):
