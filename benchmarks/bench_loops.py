@@ -6,8 +6,10 @@
              with the centroids re-averaged from the bank by a Python loop over classes at every batch.
 (b) project  `drolt.stage1.train_stage1` / `drolt.stage2.train_stage2` for one epoch (stage 2: a feature
              epoch), the whole public function timed: set-up, bank, training, evaluation, epoch record.
-(c) compute  the forward/backward and evaluation forward passes that (b) contains, alone, on pre-made,
-             pre-augmented float batches already on the device (same batch sizes, losses, speed settings).
+(c) compute  the training steps and evaluation forward passes that (b) contains, alone, on pre-made,
+             pre-augmented float batches already on the device (same batch sizes, losses, speed settings:
+             the step is (b)'s, replayed from a CUDA graph with graph_step, with fused SGD with fused_sgd;
+             the evaluation chunks the training set and the test set apart, as (b) does).
 
 An epoch is shortened by running it on a proportionally smaller data set, so every loop does the same
 work as in a full epoch, scaled by s, and the evaluation shrinks with the training:
@@ -21,13 +23,17 @@ work as in a full epoch, scaled by s, and the evaluation shrinks with the traini
 "images/s" counts stream images (stage 1: M; stage 2: bank + training pass) per second of the whole
 epoch, evaluation included, so a full epoch takes n / images/s (stage 1) or 2P / images/s (stage 2).
 Figures are medians over --repeats, every loop starting from the same weights, after --warmup untimed
-runs. Peak memory: CUDA torch.cuda.max_memory_allocated; CPU the peak summed PSS of this process and its
+runs. The loops do the same work, so --set takes speed settings only (benchmarks.common.SPEED_KEYS).
+Peak memory is what a loop adds at its peak to the memory held when it starts (once what earlier loops
+freed is given back): CUDA torch.cuda.max_memory_allocated; CPU the summed PSS of this process and its
 DataLoader workers, sampled every 250 ms.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -42,7 +48,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from benchmarks.common import (device_name, parse_overrides, resolve_device, shortened, sync,
+from benchmarks.common import (SPEED_KEYS, device_name, parse_overrides, resolve_device, shortened, sync,
                                synthetic_long_tail)
 from benchmarks.reference_style import ReferenceLoop
 from drolt import speed
@@ -97,34 +103,50 @@ def _tree_pss_mib(root: int) -> float:
     return total_kib / 1024
 
 
+def _give_back_freed_memory() -> None:
+    """Frees what earlier loops left unreachable and returns glibc's freed heap pages to the system, so that a
+    loop's memory does not depend on which loops ran before it."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: its freed pages stay in the process, as they would
+
+
 class PeakMemory:
-    """Context manager: `.mib` is the peak memory during the block (CUDA allocator, or CPU tree PSS)."""
+    """Context manager: `.mib` is the most memory the block held above what was held at its start (CUDA
+    allocator, or CPU tree PSS)."""
 
     def __init__(self, device: torch.device, period_s: float = 0.25):
         # Each sample reads /proc for ~5 ms of kernel time; every 250 ms keeps that near 2% of one core.
         self.device, self.period_s, self.mib = device, period_s, float("nan")
+        self._start = self._peak = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "PeakMemory":
+        _give_back_freed_memory()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device) / 2**20
         elif Path("/proc/self/smaps_rollup").exists():
-            self.mib = _tree_pss_mib(os.getpid())
+            self._start = self._peak = _tree_pss_mib(os.getpid())
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
         return self
 
     def _poll(self) -> None:
         while not self._stop.wait(self.period_s):
-            self.mib = max(self.mib, _tree_pss_mib(os.getpid()))
+            self._peak = max(self._peak, _tree_pss_mib(os.getpid()))
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
-            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._start
         elif self._thread is not None:
             self._stop.set()
             self._thread.join()
+            self._peak = max(self._peak, _tree_pss_mib(os.getpid()))  # a block shorter than one period
+            self.mib = self._peak - self._start
 
 
 def timed(run: Run, device: torch.device) -> dict:
@@ -162,21 +184,21 @@ def fresh_model(classes: int, init: dict, device: torch.device) -> nn.Module:
     return model
 
 
-def stage1_sgd(model: nn.Module, cfg: Stage1Config) -> torch.optim.Optimizer:
-    """Returns stage 1's optimizer at its first-epoch learning rate."""
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr / cfg.warmup_epochs, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
+def stage1_sgd(model: nn.Module, cfg: Stage1Config, fused: bool = False) -> torch.optim.Optimizer:
+    """Returns stage 1's optimizer at its first-epoch learning rate (`fused`: as cfg.fused_sgd has it)."""
+    return speed.sgd(model.parameters(), cfg.lr / cfg.warmup_epochs, cfg.momentum, cfg.weight_decay, fused)
 
 
 class Stage2Parts:
-    """Stage 2's model, radii and feature optimizer, built as `train_stage2` builds them."""
+    """Stage 2's model, radii and feature optimizer, built as `train_stage2` builds them (`fused`: SGD as
+    cfg.fused_sgd has it; the reference-style loop keeps the plain one)."""
 
-    def __init__(self, data: LongTailData, init: dict, cfg: Stage2Config, device: torch.device):
+    def __init__(self, data: LongTailData, init: dict, cfg: Stage2Config, device: torch.device,
+                 fused: bool = False):
         self.model = fresh_model(data.num_classes, init, device)
         self.eps = nn.Parameter(torch.full((data.num_classes,), cfg.eps_init, device=device))
         backbone = [p for name, p in self.model.named_parameters() if not name.startswith("fc.")]
-        self.optimizer = torch.optim.SGD(backbone + [self.eps], lr=cfg.feature_lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = speed.sgd(backbone + [self.eps], cfg.feature_lr, cfg.momentum, cfg.weight_decay, fused)
         self.ce_weights = (None if cfg.ce_weights == "none"
                            else class_weights(data.class_counts, cfg.ce_weights).to(device))
 
@@ -218,46 +240,77 @@ def _forwards(net: Callable, x: Tensor, batch_size: int, cfg) -> None:
     with torch.no_grad():
         for chunk in torch.split(x, batch_size):
             with speed.autocast(x.device, cfg.precision):
-                net(speed.model_input(chunk, cfg.channels_last))
+                speed.eval_forward(net, speed.model_input(chunk, cfg.channels_last))
+
+
+def eval_sets(data: LongTailData, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Returns the evaluation's inputs as (b) makes them: the training set (NCM bank) and the test set, each
+    chunked on its own."""
+    return test_transform(data.train_images.to(device)), test_transform(data.test_images.to(device))
+
+
+def training_step(model: nn.Module, net: Callable, cfg: Stage1Config | Stage2Config,
+                  optimizer: torch.optim.Optimizer, loss_of: Callable[[Tensor, Tensor, Tensor], Tensor],
+                  after: Callable[[], None] = lambda: None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Returns the training step (b) takes on a batch (x, y): forward, `loss_of(z, logits, y)`, backward, SGD
+    and `after`, replayed from one CUDA graph for full batches with graph_step, as drolt.stage1/stage2 do."""
+    step_net = speed.step_model(model, cfg)
+
+    def step(x: Tensor, y: Tensor) -> Tensor:
+        with speed.autocast(x.device, cfg.precision, cache=not cfg.graph_step):
+            z, logits = (step_net if cfg.graph_step else net)(x)
+            loss = loss_of(z, logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        after()
+        return loss.detach()
+    return speed.graphed(step, sizes=(cfg.batch_size,) if cfg.graph_step else (), keep_one=True)
 
 
 def compute_stage1(data: LongTailData, cfg: Stage1Config, init: dict, device: torch.device) -> Run:
     model = fresh_model(data.num_classes, init, device)
     net = speed.prepare(model, cfg)
-    optimizer = stage1_sgd(model, cfg)
+    step = training_step(model, net, cfg, stage1_sgd(model, cfg, cfg.fused_sgd),
+                         lambda z, logits, y: F.cross_entropy(logits, y))
     x = stage1_train_transform(data.train_images.to(device), augment_generator(device, cfg.seed))
     batches = list(zip(torch.split(x, cfg.batch_size), torch.split(data.train_labels.to(device), cfg.batch_size)))
-    eval_x = test_transform(torch.cat([data.train_images, data.test_images]).to(device))  # NCM bank + test
+    bank_x, test_x = eval_sets(data, device)
 
     def run() -> dict:
         clock = PassClock(device)
         model.train()
         for xb, yb in batches:
-            with speed.autocast(device, cfg.precision):
-                loss = F.cross_entropy(net(speed.model_input(xb, cfg.channels_last))[1], yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step(speed.model_input(xb, cfg.channels_last), yb)
         clock.lap("train")
         model.eval()
-        _forwards(net, eval_x, cfg.eval_batch_size, cfg)
+        for x_eval in (bank_x, test_x):
+            _forwards(net, x_eval, cfg.eval_batch_size, cfg)
         clock.lap("eval")
         return clock.passes
     return run
 
 
 def compute_stage2(data: LongTailData, cfg: Stage2Config, init: dict, device: torch.device) -> Run:
-    p = Stage2Parts(data, init, cfg, device)
+    p = Stage2Parts(data, init, cfg, device, cfg.fused_sgd)
     net = speed.prepare(p.model, cfg)
     loss_fn = speed.compiled(feature_losses, sizes=(cfg.batch_size,)) if cfg.compile_loss else feature_losses
+    centroids = torch.rand(data.num_classes, 64, device=device)  # fixed: their values do not change the cost
+
+    def clamp_radii() -> None:
+        if cfg.eps_nonneg:
+            with torch.no_grad():
+                p.eps.clamp_(min=0)
+    step = training_step(p.model, net, cfg, p.optimizer,
+                         lambda z, logits, y: loss_fn(z, logits, y, centroids, p.eps, p.ce_weights, cfg.temperature,
+                                                      cfg.mode, cfg.ce_weight, cfg.robust_weight)[0], clamp_radii)
     sampler = make_sampler(cfg.sampler, data.train_labels, data.num_classes, cfg.seed)
     stream = sampler.next_pass()
     x = stage2_train_transform(data.train_images[stream].to(device), augment_generator(device, cfg.seed),
                                cfg.autoaugment, cfg.cutout)
     y = data.train_labels[stream].to(device)
     batches = list(zip(torch.split(x, cfg.batch_size), torch.split(y, cfg.batch_size)))
-    eval_x = test_transform(torch.cat([data.train_images, data.test_images]).to(device))  # NCM bank + test
-    centroids = torch.rand(data.num_classes, 64, device=device)  # fixed: their values do not change the cost
+    bank_x, test_x = eval_sets(data, device)
 
     def run() -> dict:
         clock = PassClock(device)
@@ -267,17 +320,12 @@ def compute_stage2(data: LongTailData, cfg: Stage2Config, init: dict, device: to
         p.model.train()
         p.model.fc.requires_grad_(False)
         for xb, yb in batches:
-            with speed.autocast(device, cfg.precision):
-                z, logits = net(speed.model_input(xb, cfg.channels_last))
-                loss, _, _ = loss_fn(z, logits, yb, centroids, p.eps, p.ce_weights, cfg.temperature, cfg.mode,
-                                     cfg.ce_weight, cfg.robust_weight)
-            p.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            p.optimizer.step()
+            step(speed.model_input(xb, cfg.channels_last), yb)
         p.model.fc.requires_grad_(True)
         clock.lap("train")
         p.model.eval()
-        _forwards(net, eval_x, cfg.eval_batch_size, cfg)
+        for x_eval in (bank_x, test_x):
+            _forwards(net, x_eval, cfg.eval_batch_size, cfg)
         clock.lap("eval")
         return clock.passes
     return run
@@ -297,15 +345,16 @@ def load_data(args: argparse.Namespace) -> LongTailData:
 def measure(args: argparse.Namespace) -> dict:
     """Runs every loop of the chosen stages --warmup + --repeats times; returns the raw results and context."""
     device = resolve_device(args.device)
-    cfg1, cfg2 = parse_overrides(args.set, Stage1Config(), Stage2Config())
+    cfg1, cfg2 = parse_overrides(args.set, Stage1Config(), Stage2Config(), only=SPEED_KEYS)
+    batch_size = {1: cfg1.batch_size, 2: cfg2.batch_size}
     full = load_data(args)
     try:
-        data = {s: shortened(full, s, args.batches * cfg1.batch_size) for s in args.stages}  # only those timed
+        data = {s: shortened(full, s, args.batches * batch_size[s]) for s in args.stages}  # only those timed
     except ValueError as error:
         raise SystemExit(str(error)) from None
     torch.manual_seed(cfg1.seed)
     init = resnet32(full.num_classes).state_dict()  # what train_stage1 starts from (seeded the same way)
-    refs = {s: ReferenceLoop(data[s], device, cfg1.batch_size, args.workers) for s in args.stages}
+    refs = {s: ReferenceLoop(data[s], device, batch_size[s], args.workers) for s in args.stages}
     prepare = {
         (1, "ref"): lambda: ref_stage1(refs[1], data[1], cfg1, init, device),
         (1, "project"): lambda: project_stage1(data[1], cfg1, device),
@@ -327,8 +376,10 @@ def measure(args: argparse.Namespace) -> dict:
                     if loop != "ref":
                         raise
                     # e.g. a DataLoader worker killed for want of shared memory (/dev/shm) in a container:
-                    # report it and still measure the project's loop.
+                    # report it and still measure the project's loop; its earlier runs are not a median of
+                    # --repeats, so they are dropped.
                     failed[(stage, loop)] = f"{type(error).__name__}: {error}"[:300]
+                    runs[(stage, loop)] = []
                     continue
                 if r >= args.warmup:
                     runs[(stage, loop)].append(result)
@@ -354,7 +405,7 @@ def summarise(measured: dict) -> dict:
             "seconds": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
             "images_per_s": ctx["stream_images"][stage] / statistics.median(seconds),
             "passes": {k: statistics.median(r["passes"][k] for r in results) for k in results[0]["passes"]},
-            "peak_mib": max(r["peak_mib"] for r in results)}
+            "peak_mib": statistics.median(r["peak_mib"] for r in results)}
     nan = {"seconds": float("nan")}
     for stage in {s for s, loop in table if loop == "project"}:
         row = table[(stage, "project")]
@@ -374,7 +425,7 @@ def print_report(measured: dict, table: dict) -> None:
     print(f"data: {ctx['dataset']} rho {ctx['rho']:g} ({ctx['data']}), {ctx['lt_images']} LT images, full stream "
           f"pass {ctx['pass_length']}; per epoch timed: {', '.join(timed[s]() for s in sorted(ctx['stream_images']))}"
           f"; median of {ctx['repeats']}")
-    mem = "GPU MiB" if ctx["device_type"] == "cuda" else "PSS MiB"
+    mem = "+GPU MiB" if ctx["device_type"] == "cuda" else "+PSS MiB"
     print(f"{'loop':<8}{'stage':>6}{'median s':>10}{'min-max s':>15}{'images/s':>10}{'b/a':>8}{'b/c':>8}"
           f"{mem:>9}  passes (median s)")
     for (stage, loop), row in sorted(table.items(), key=lambda kv: (kv[0][0], LOOPS.index(kv[0][1]))):
@@ -384,7 +435,7 @@ def print_report(measured: dict, table: dict) -> None:
         print(f"{loop:<8}{stage:>6}{row['seconds']:>10.3f}{row['min_s']:>8.3f}-{row['max_s']:<6.3f}"
               f"{row['images_per_s']:>10.0f}{ratios}{row['peak_mib']:>9.0f}  {passes}")
     print("b/a: (a) ref time / (b) project time, the speed-up. b/c: (b) project time / (c) compute time "
-          "(target <= 1.2).")
+          f"(target <= 1.2). {mem}: the most memory a loop held above what was held when it started (median).")
     for what, why in ctx["failed"].items():
         print(f"FAILED {what}: {why}")
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+from typing import Optional
 
 import numpy as np
 import torch
 
-from drolt.config import Stage1Config, Stage2Config, from_dict
+from drolt.config import SpeedSettings, Stage1Config, Stage2Config, from_dict
 from drolt.data import LongTailData, long_tail_counts
 from drolt.sampling import make_sampler
 
@@ -94,8 +95,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def parse_overrides(pairs: list[str], cfg1: Stage1Config, cfg2: Stage2Config) -> tuple[Stage1Config, Stage2Config]:
-    """Returns the configs with `stageN.key=value` overrides applied (validated like a grid file)."""
+# How a stage computes, not what: the settings a comparison of loops doing the same work may change.
+SPEED_KEYS = frozenset({*(f.name for f in dataclasses.fields(SpeedSettings)), "compile_loss"})
+
+
+def parse_overrides(pairs: list[str], cfg1: Stage1Config, cfg2: Stage2Config,
+                    only: Optional[frozenset[str]] = None) -> tuple[Stage1Config, Stage2Config]:
+    """Returns the configs with `stageN.key=value` overrides applied (validated like a grid file); keys
+    outside `only` (when given) are refused."""
     values = {1: dataclasses.asdict(cfg1), 2: dataclasses.asdict(cfg2)}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -103,6 +110,9 @@ def parse_overrides(pairs: list[str], cfg1: Stage1Config, cfg2: Stage2Config) ->
         if not sep or stage not in ("stage1", "stage2") or not name:
             raise SystemExit(f"--set {pair!r}: write stage1.KEY=VALUE or stage2.KEY=VALUE, "
                              "e.g. stage2.eval_batch_size=2000")
+        if only is not None and name not in only:
+            raise SystemExit(f"--set {pair!r}: {name} changes what a stage computes, which the loops compared "
+                             f"here must share; set one of {', '.join(sorted(only))}")
         values[int(stage[-1])][name] = _scalar(raw)
     try:
         return from_dict(Stage1Config, values[1], "--set stage1"), from_dict(Stage2Config, values[2], "--set stage2")
