@@ -53,7 +53,7 @@ class FolderBusy(RuntimeError):
 
     def __init__(self, message: str, who: str):
         super().__init__(message)
-        self.who = who  # what the holder wrote: "pid N on host"
+        self.who = who  # what the holder wrote: "pid N on host", then ": what" if it said
 
 
 @contextmanager
@@ -77,8 +77,10 @@ def folder_lock(folder: str | Path, wait_s: float = 0.0, holder: str = "another 
                 if time.time() >= deadline:
                     f.seek(0)  # "a+" opens at the end
                     who = f.read().strip() or "another process"
-                    raise FolderBusy(f"{folder} is locked by {who}: is {holder} training into it? Wait for it "
-                                     "to finish, or use another folder", who) from None
+                    # the holder's own words after its pid say what trains there; without them, `holder` guesses
+                    guess = "" if ": " in who else f" (is {holder} training into it?)"
+                    raise FolderBusy(f"{folder} is locked by {who}{guess}. Wait for it to finish, or use another "
+                                     "folder", who) from None
                 time.sleep(0.5)
         f.seek(0)
         f.truncate()

@@ -395,7 +395,7 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; give a folder (or one that does not exist yet)")
     out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out, holder="another drolt train"):
+    with folder_lock(out, holder="another drolt train", what="drolt train"):
         return _run_stages(unit, out, device, log, stage1_weights)
 
 

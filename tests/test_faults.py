@@ -275,13 +275,25 @@ def test_second_drolt_train_into_the_same_folder_is_refused_while_the_first_trai
         holder.kill()
         holder.wait()
     assert _train(tmp_path, out) == 0  # the lock dies with its holder
+    # a holder that says what it is (as a drolt run trial does) is named by its own words, not guessed at
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), "a drolt run trial"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert _train(tmp_path, out) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is locked by pid {holder.pid} on {os.uname().nodename}: a drolt run trial. Wait" in err
+        assert "drolt train" not in err.split("error:")[-1]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # Holds a unit folder's lock as a running `drolt train` would, until killed.
 HOLD_LOCK = """
 import sys, time
 from drolt.checkpoint import folder_lock
-with folder_lock(sys.argv[1]):
+with folder_lock(sys.argv[1], what=" ".join(sys.argv[2:])):
     print("locked", flush=True)
     time.sleep(600)
 """

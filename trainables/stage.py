@@ -56,7 +56,7 @@ def train_units(config: dict) -> None:
     kept = list(range(len(units)))  # the units this trial trains: all, unless stage-1 weights fail to load
     with ExitStack() as held:
         for folder in folders:
-            held.enter_context(folder_lock(folder, wait_s=120, holder="another drolt run"))
+            held.enter_context(folder_lock(folder, wait_s=120, holder="another drolt run", what="a drolt run trial"))
             _clear_earlier_attempt(folder)
         try:
             cfgs = [unit_from_dict(unit["drolt"], where=f"unit {unit['id']}") for unit in units]
