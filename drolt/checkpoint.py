@@ -56,6 +56,13 @@ class FolderBusy(RuntimeError):
         self.who = who  # what the holder wrote: "pid N on host", then ": what" if it said
 
 
+def require_folder(path: Path, name: str) -> None:
+    """Raises ValueError when `path`, given as `name` (a flag or key), exists and is no folder: making it, or
+    a file in it, would fail later with an errno that does not say which path is wrong."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {path} is a file, not a folder; give a folder (or one that does not exist yet)")
+
+
 @contextmanager
 def folder_lock(folder: str | Path, wait_s: float = 0.0, holder: str = "another drolt process",
                 name: str = ".lock", what: str = "") -> Iterator[None]:

@@ -25,8 +25,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import yaml
 
-from .checkpoint import (atomic_write, discard_partial_writes, folder_lock, load_state, read_json, save_state,
-                         save_state_keeping_previous, write_json, write_jsonl)
+from .checkpoint import (atomic_write, discard_partial_writes, folder_lock, load_state, read_json, require_folder,
+                         save_state, save_state_keeping_previous, write_json, write_jsonl)
 from .config import DATA_LOCATION, DataConfig, Stage1Config, Stage2Config, check_names, from_dict
 from .data import LongTailData, UnofficialDataWarning, load_long_tail, write_synthetic_cifar
 from .model import resnet32
@@ -392,8 +392,7 @@ def run_unit(unit: UnitConfig, out: str | Path, device: torch.device, log: Log =
         raise ValueError(f"stage-1 weights start stage 2, which method {unit.method!r} does not have (it trains "
                          "stage 1 alone); drop --stage1-weights, or use --method dro_lt")
     out = Path(out).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; give a folder (or one that does not exist yet)")
+    require_folder(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, holder="another drolt train", what="drolt train"):
         return _run_stages(unit, out, device, log, stage1_weights)
@@ -454,16 +453,22 @@ def load_stage1_weights(path: Path, num_classes: int) -> dict:
     return weights
 
 
+def _read_settings(path: Path) -> Optional[dict]:
+    """Returns the settings a unit.yaml holds, or None when it is missing, unreadable or no mapping."""
+    try:
+        stored = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
 def _check_weights_data(path: Path, data: DataConfig, log: Log) -> None:
     """Raises ValueError when the unit.yaml beside stage-1 weights (drolt train's folder above stage1/, or a
     grid unit's own folder) says they trained on other data than stage 2 is to train on: a stage 2 at rho 100
     from a rho-10 stage 1 would run to the end and report a unit that is neither. Without one, says so."""
     stored = next((folder / "unit.yaml" for folder in (path.parent, path.parent.parent)
                    if (folder / "unit.yaml").is_file()), None)
-    try:
-        trained = yaml.safe_load(stored.read_text())["data"] if stored else None
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        trained = None
+    trained = (_read_settings(stored) or {}).get("data") if stored else None
     if not isinstance(trained, dict):
         log(f"warning: no readable unit.yaml beside {path}, so nothing says the weights trained on the data "
             f"stage 2 trains on ({data.dataset} rho {data.rho:g}); check that they did")
@@ -482,11 +487,8 @@ def _check_same_unit(out: Path, settings: dict) -> None:
     hand back results, or continue a training, that the settings asked for now did not make."""
     if not any(out.glob("stage*/*")):
         return  # nothing trained here yet (an epoch writes its state before its record: either is work)
-    try:
-        stored = yaml.safe_load((out / "unit.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        stored = None
-    if not isinstance(stored, dict):
+    stored = _read_settings(out / "unit.yaml")
+    if stored is None:
         raise ValueError(f"{out} holds a training whose settings are missing or unreadable ({out / 'unit.yaml'}): "
                          f"nothing says whether they are the ones asked for now; give --out a new folder, or "
                          f"delete {out} to start over")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from drolt.checkpoint import require_folder
 from drolt.config import (DATA_LOCATION, DATASETS, MODES, PROFILES, DataConfig, Stage1Config, Stage2Config,
                           from_dict, load_yaml)
 from drolt.data import long_tail_counts
@@ -163,10 +164,8 @@ def load_grid(path: str | Path, storage: Optional[str | Path] = None) -> Grid:
                 allow_cpu_fallback=_typed(raw, "allow_cpu_fallback", bool, False),
                 max_failures=_typed(raw, "max_failures", int, 2), pack_seeds=_typed(raw, "pack_seeds", int, 1),
                 results=(here / _typed(raw, "results", str, "../results")).resolve() / name)
-    for what, folder in (("storage", grid.storage), ("results", grid.results)):
-        if folder.exists() and not folder.is_dir():
-            raise GridError(f"{what} {folder} is a file, not a folder; give a folder (or one that does not exist "
-                            "yet)" + (", e.g. with --storage" if what == "storage" else ""))
+    require_folder(grid.storage, "storage (the grid file's, or --storage)")
+    require_folder(grid.results, "results")
     if grid.max_failures < 0:
         raise GridError(f"max_failures must be >= 0; got {grid.max_failures}")
     if grid.pack_seeds < 1:

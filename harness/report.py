@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import pandas as pd
 
+from drolt.checkpoint import require_folder
 from drolt.config import DATA_LOCATION
 from drolt.metrics import SPLITS
 
@@ -364,8 +365,7 @@ def write_report(grid: Grid, out_dir: Optional[str | Path] = None, log: Optional
     log = log or (lambda line: None)
     runs, units = expand(grid)
     out = Path(out_dir).expanduser().resolve() if out_dir else grid.results
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; give a folder (or one that does not exist yet)")
+    require_folder(out, "--out")
     if not any((grid.storage / unit_id).exists() for unit_id in units):
         if (out / "report.md").exists():  # a wrong --storage must not empty a report made from the right one
             raise ValueError(f"no run of this grid is in {grid.storage}, and {out} holds a report that empty "
